@@ -1,0 +1,46 @@
+# rnnwatch — `make help` lists the targets.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint bench model evaluate clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0        # first: the CPU build on disk; a range would pull CUDA
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## make .venv with pinned torch, the project and its test tools
+
+run: install ## embedded demo: broker + simulated fleet + daemon, alerts printed as they fire
+	$(BIN)/python -m streamer.tools.demo
+
+test: install ## lint, then the whole test suite (starts an embedded Kafka broker)
+	$(BIN)/ruff check streamer model tests
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## unit tests only (no broker)
+	$(BIN)/python -m pytest -q -m "not kafka and not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff (style, import order, complexity)
+	$(BIN)/ruff check streamer model tests
+
+bench: install ## benchmarks, one JSON object per line
+	$(BIN)/rnnwatch bench scoring --devices 10000 --channels 4 --json
+
+model: install ## retrain the shipped default model (seeded, synthetic data only)
+	$(BIN)/rnnwatch train --synthetic --seed 7 --output model/default
+
+evaluate: install ## NAB evaluation from ../shared/datasets/nab into out/nab
+	$(BIN)/rnnwatch evaluate nab --nab-dir ../shared/datasets/nab --output-dir out/nab
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis out

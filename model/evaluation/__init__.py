@@ -1,0 +1,1 @@
+"""Evaluation: the NAB scorer and its plots."""

@@ -1,0 +1,1 @@
+"""Decode and validate raw Kafka records into ReadingBatch; route the rest to the dead-letter topic."""

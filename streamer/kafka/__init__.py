@@ -1,0 +1,1 @@
+"""Kafka edges: the embedded broker, client configuration, admin, consumer and publisher."""

@@ -1,0 +1,1 @@
+"""The long-running daemon: settings, loop, metrics, health, lifecycle."""

@@ -1,0 +1,1 @@
+"""Offline commands: replay, evaluate, simulate, bench, demo."""
