@@ -1,0 +1,156 @@
+"""The daemon's Prometheus metrics: every family of docs/ARCHITECTURE.md's table, on one injected registry.
+
+Production passes the registry that `health.py` serves; a test passes nothing and gets a fresh one:
+
+>>> m = Metrics()
+>>> m.readings_consumed.inc(3)
+>>> m.registry.get_sample_value("rnnwatch_readings_consumed_total")
+3.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from streamer.scoring.readings import DropReason, ScoredBatch
+
+# Seconds, 1 ms .. 30 s: one batched RNN step, a checkpoint flush.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+# Readings per batch, 1 .. 100 k.
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (
+    1, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000,
+)
+# Recurrent waves per batch: 1 when every device has one reading in the batch.
+WAVE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128)
+# Seconds from a reading's event time to its score, 10 ms .. 1 h.
+END_TO_END_LAG_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+)
+# Seconds to restore assigned partitions' device state from the changelog, 100 ms .. 30 min.
+RESTORE_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+ALERT_STATES: tuple[str, ...] = ("firing", "resolved")
+
+
+class Metrics:
+    """Creates the metric families and offers the few updates the daemon makes more than once."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, buckets=buckets, registry=r)
+
+        # Flow: consumed → scored | dropped | dead-lettered.
+        self.readings_consumed = counter(
+            "rnnwatch_readings_consumed_total", "Readings taken from the readings topic.")
+        self.readings_scored = counter(
+            "rnnwatch_readings_scored_total", "Readings that went through the RNN and got a score.")
+        self.readings_dropped = counter(
+            "rnnwatch_readings_dropped_total",
+            "Decoded readings the pipeline refused to score, by DropReason.", "reason")
+        self.dead_letters = counter(
+            "rnnwatch_dead_letters_total",
+            "Records sent to the dead-letter topic because they could not be decoded, by reason.", "reason")
+        self.alerts = counter(
+            "rnnwatch_alerts_total", "Alert events published, by state (firing|resolved).", "state")
+        self.alerts_firing_devices = gauge(
+            "rnnwatch_alerts_firing_devices", "Devices whose alert is firing now.")
+
+        # Batches.
+        self.batch_size = histogram(
+            "rnnwatch_batch_size_readings", "Readings per scored batch.", BATCH_SIZE_BUCKETS)
+        self.batch_waves = histogram(
+            "rnnwatch_batch_waves", "Batched recurrent steps a batch took (its longest per-device run).",
+            WAVE_BUCKETS)
+        self.scoring_latency = histogram(
+            "rnnwatch_scoring_latency_seconds", "Wall time to score one batch.", LATENCY_BUCKETS)
+        self.end_to_end_lag = histogram(
+            "rnnwatch_end_to_end_lag_seconds", "Time from a reading's event timestamp to its score.",
+            END_TO_END_LAG_BUCKETS)
+        self.consumer_lag = gauge(
+            "rnnwatch_consumer_lag_messages",
+            "Messages between this consumer's position and the partition's end, per assigned partition.",
+            "topic", "partition")
+
+        # State.
+        self.devices_tracked = gauge("rnnwatch_devices_tracked", "Devices with RNN state held in memory.")
+        self.state_memory = gauge("rnnwatch_state_memory_bytes", "Bytes held by the per-device state slab.")
+        self.device_evictions = counter(
+            "rnnwatch_device_evictions_total", "Devices dropped from memory (TTL or capacity).")
+        self.model_info = Info(
+            "rnnwatch_model", "The loaded model: version, architecture, torch device.", registry=r)
+
+        # Lifecycle.
+        self.commit_failures = counter("rnnwatch_commit_failures_total", "Offset commits that failed.")
+        self.ready = gauge(
+            "rnnwatch_ready", "1 while the daemon is ready (partitions assigned and restored), else 0.")
+        self.loop_heartbeat = gauge(
+            "rnnwatch_loop_heartbeat_timestamp_seconds", "Unix time of the main loop's latest iteration.")
+        self.restore_progress = gauge(
+            "rnnwatch_restore_progress_ratio",
+            "Share of the assigned partitions' state changelog restored, 0..1 (1 when nothing is left).")
+        self.restored_devices = counter(
+            "rnnwatch_restored_devices_total", "Device states loaded from the state changelog.")
+        self.restore_duration = histogram(
+            "rnnwatch_restore_duration_seconds", "Wall time of one restore after a partition assignment.",
+            RESTORE_BUCKETS)
+        self.state_version_mismatch = counter(
+            "rnnwatch_state_version_mismatch_total",
+            "Restored device states discarded because their model version differs from the loaded one.")
+        self.checkpoints = counter(
+            "rnnwatch_checkpoints_total",
+            "Checkpoints completed (producer flush, offset commit, state flush).")
+        self.checkpoint_duration = histogram(
+            "rnnwatch_checkpoint_duration_seconds", "Wall time of one checkpoint.", LATENCY_BUCKETS)
+        self.producer_recreated = counter(
+            "rnnwatch_producer_recreated_total", "Kafka producers closed and built anew after a fatal error.")
+
+        # Known label values start at 0, so rate() and absent() see them before the first event.
+        for reason in DropReason:
+            if reason is not DropReason.SCORED:
+                self.readings_dropped.labels(reason=reason.label)
+        for state in ALERT_STATES:
+            self.alerts.labels(state=state)
+        self._lag_labels: set[tuple[str, str]] = set()
+
+    def observe_batch(self, scored: ScoredBatch, latency_s: float, lags_s: Iterable[float] = ()) -> None:
+        """Account for one scored batch: counts, drops by reason, alert events, waves and timings.
+
+        `lags_s` are the end-to-end lags of the scored readings (now − event time), one per reading.
+        """
+        n = len(scored.status)
+        self.batch_size.observe(n)
+        self.batch_waves.observe(scored.waves)
+        self.scoring_latency.observe(latency_s)
+        dropped = scored.dropped_counts()
+        for reason, count in dropped.items():
+            self.readings_dropped.labels(reason=reason.label).inc(count)
+        self.readings_scored.inc(n - sum(dropped.values()))
+        for event in scored.events:
+            self.alerts.labels(state=event.state).inc()
+        for lag in lags_s:
+            self.end_to_end_lag.observe(lag)
+
+    def set_consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag of every assigned (topic, partition); partitions no longer assigned disappear."""
+        current = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
+        for topic, partition in self._lag_labels - current.keys():
+            self.consumer_lag.remove(topic, partition)
+        for (topic, partition), lag in current.items():
+            self.consumer_lag.labels(topic=topic, partition=partition).set(lag)
+        self._lag_labels = set(current)
+
+    def set_model(self, version: str, architecture: str, device: str) -> None:
+        self.model_info.info({"version": version, "architecture": architecture, "device": device})
