@@ -1,0 +1,359 @@
+"""Decode raw Kafka reading records into a columnar `ReadingBatch`, dead-lettering what is invalid.
+
+Accepted message forms (key = device id, UTF-8; value = JSON):
+
+    single: {"device_id": "d1", "ts": <ts>, "values": {"temp": 21.5, "rpm": 900} | [21.5, 900]}
+    batch:  {"device_id": "d1", "readings": [{"ts": <ts>, "values": ...}, ...]}
+
+Rules (each rejection is one `DeadLetterReason`):
+- `ts` is an RFC 3339 date-time with a UTC offset (`2024-05-01T12:00:00.25Z`, `...+02:00`, `T` or a
+  space as separator; leap seconds are rejected), or epoch seconds as a JSON number. Either must fall
+  in [1970, 3000): epoch *milliseconds* sent by mistake are rejected, not read as the year 55000.
+- Dict values are ordered by channel name (sorted, so `{"b": 1, "a": 2}` is channels `("a", "b")`
+  with values `[2, 1]`): the order of keys inside JSON carries no meaning. List values are positional
+  and their channels are `None` (the pipeline names them "0", "1", ...).
+- Values are JSON numbers (not booleans, not strings) that fit float32; `"NaN"`/`"Infinity"` strings
+  and numbers beyond float32 range are `non_finite`, other strings `wrong_type`.
+- Key vs body: when the record has a key it must equal the body's `device_id` (UTF-8), else the
+  record is dead-lettered (`key_mismatch`). The key decides the partition, so a mismatch means the
+  device's readings may be split across partitions and consumers, breaking per-device order and
+  state; we refuse to guess which of the two is right. A record without a key is accepted (the body
+  decides); per-device order then depends on the producer sending it to one partition.
+- A batch-form message expands into one row per reading. All its rows carry the message's partition
+  and offset, so anything keyed by offset (the restored-state "already applied" check, the commit
+  position) treats the whole message as one unit: it is applied or skipped entirely. For the same
+  reason a message is atomic here: one invalid reading dead-letters the whole message (the detail
+  names the reading's index), because its original bytes are what the dead-letter topic keeps.
+- Unknown fields are ignored.
+
+The decoder never raises on input: every record ends up as rows of the batch or as one `DeadLetter`.
+It is built for throughput: one `orjson.loads` and a few dict look-ups per message in Python, then
+number and timestamp validation vectorised over the whole poll.
+
+>>> from streamer.ingest.dead_letter import RawRecord
+>>> recs = [RawRecord("t", 0, 7, b"d1", b'{"device_id":"d1","ts":10,"values":{"b":1,"a":2}}'),
+...         RawRecord("t", 0, 8, b"d1", b'{"device_id":"d1","ts":"x","values":[1]}')]
+>>> out = ReadingDecoder().decode(recs)
+>>> out.batch.channels[0], out.batch.values[0].tolist(), out.dead_letters[0].reason.value
+(('a', 'b'), [2.0, 1.0], 'bad_timestamp')
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamer.ingest.dead_letter import DeadLetter, DeadLetterReason, KafkaRecord
+from streamer.scoring.readings import ReadingBatch
+
+log = logging.getLogger(__name__)
+
+R = DeadLetterReason
+TS_MIN = 0.0  # 1970-01-01
+TS_MAX = 32_503_680_000.0  # 3000-01-01: beyond it the ts is almost surely milliseconds
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NUMBER_TYPES = frozenset((int, float))
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
+)
+_NON_FINITE_WORDS = frozenset(("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity",
+                               "-infinity"))
+_SORT_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CodecLimits:
+    """Bounds on one message; anything beyond them is dead-lettered, never truncated."""
+
+    max_message_bytes: int = 1_048_576
+    max_readings_per_message: int = 10_000
+    max_channels: int = 256
+    expected_channels: int | None = None  # a fixed-channel model's channel count; None = any
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """The result of decoding one poll: rows to score, and the records rejected."""
+
+    batch: ReadingBatch
+    dead_letters: list[DeadLetter]
+    messages: int  # records looked at (= accepted messages + len(dead_letters))
+
+
+class _Reject(Exception):
+    """Control flow inside the decoder: the current message is dead-lettered. Never escapes it."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+class ReadingDecoder:
+    """Turns a poll's records into a `Decoded`. Stateless apart from a cache of channel orders."""
+
+    def __init__(self, limits: CodecLimits | None = None) -> None:
+        self.limits = limits or CodecLimits()
+        self._sorted: dict[tuple[str, ...], tuple[tuple[str, ...], bool]] = {}
+
+    def decode(self, records: Iterable[KafkaRecord]) -> Decoded:
+        rows = _Rows()
+        meta_append, flat_extend, record_append = rows.meta.append, rows.flat.extend, rows.records.append
+        envelope, channels = self._envelope, self._channels
+        dead: list[DeadLetter] = []
+        messages = 0
+        for rec in records:
+            messages += 1
+            try:
+                obj, device_id = envelope(rec)
+                if "readings" in obj:
+                    self._parse_batch(rec, obj, device_id, rows)
+                    continue
+                values = obj.get("values")
+                if values is None or "ts" not in obj:
+                    raise _Reject(R.MISSING_FIELD, "message needs ts and values (or readings)")
+                names, ordered = channels(values, "")
+            except _Reject as rej:
+                dead.append(DeadLetter(rej.reason, rej.detail, rec))
+                continue
+            except Exception as exc:  # a decoder bug must not stop the stream: keep the record
+                log.exception("decoder failed on %s[%s]@%s", rec.topic, rec.partition, rec.offset)
+                dead.append(DeadLetter(R.DECODER_ERROR, f"{type(exc).__name__}: {exc}", rec))
+                continue
+            # the single form, inline: it is the hot path
+            meta_append((device_id, obj["ts"], names, len(ordered), len(rows.records), -1))
+            flat_extend(ordered)
+            record_append(rec)
+        batch, late = rows.finish(self.limits)
+        if late:
+            dead.extend(late)
+            dead.sort(key=lambda d: (d.record.partition, d.record.offset))
+        return Decoded(batch=batch, dead_letters=dead, messages=messages)
+
+    def _envelope(self, rec: KafkaRecord) -> tuple[dict[str, Any], str]:
+        """The message's JSON object and its device id, checked against the record key."""
+        value = rec.value
+        if value is None:
+            raise _Reject(R.NOT_JSON, "record has no value (tombstone)")
+        if len(value) > self.limits.max_message_bytes:
+            raise _Reject(R.OVERSIZED, f"{len(value)} bytes > max {self.limits.max_message_bytes}")
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise _Reject(R.NOT_JSON, str(exc)) from None
+        if type(obj) is not dict:
+            raise _Reject(R.NOT_OBJECT, f"message is a JSON {_json_type(obj)}, not an object")
+        device_id = obj.get("device_id")
+        if type(device_id) is not str or not device_id:
+            raise _missing_or_wrong("device_id", device_id, "a non-empty string")
+        key = rec.key
+        if key is not None and key != device_id.encode():
+            raise _Reject(R.KEY_MISMATCH, f"key {key[:64]!r} != device_id {device_id[:64]!r}")
+        return obj, device_id
+
+    def _parse_batch(self, rec: KafkaRecord, obj: dict[str, Any], device_id: str, rows: _Rows) -> None:
+        if "values" in obj:
+            raise _Reject(R.WRONG_TYPE, "message has both values and readings")
+        readings = obj["readings"]
+        if type(readings) is not list:
+            raise _missing_or_wrong("readings", readings, "a list")
+        if not readings:
+            raise _Reject(R.EMPTY_VALUES, "readings is empty")
+        limit = self.limits.max_readings_per_message
+        if len(readings) > limit:
+            raise _Reject(R.TOO_MANY_READINGS, f"{len(readings)} readings > max {limit}")
+        parsed = []
+        for i, reading in enumerate(readings):
+            if type(reading) is not dict:
+                raise _Reject(R.NOT_OBJECT, f"readings[{i}] is a JSON {_json_type(reading)}, not an object")
+            values = reading.get("values")
+            if "ts" not in reading or values is None:
+                raise _Reject(R.MISSING_FIELD, f"readings[{i}] needs ts and values")
+            parsed.append((reading["ts"], *self._channels(values, f"readings[{i}].")))
+        m = len(rows.records)
+        for i, (ts, names, ordered) in enumerate(parsed):  # all valid so far: add them all at once
+            rows.meta.append((device_id, ts, names, len(ordered), m, i))
+            rows.flat.extend(ordered)
+        rows.records.append(rec)
+
+    def _channels(self, values: Any, where: str) -> tuple[tuple[str, ...] | None, list[Any]]:
+        """(channel names or None, values in channel order); types are checked later, vectorised."""
+        kind = type(values)
+        if kind is list:
+            names = None
+            ordered = values
+        elif kind is dict:
+            keys = tuple(values)
+            cached = self._sorted.get(keys)
+            if cached is None:
+                cached = self._remember(keys)
+            names, in_order = cached
+            ordered = list(values.values()) if in_order else [values[k] for k in names]
+        else:
+            raise _Reject(R.WRONG_TYPE, f"{where}values is a JSON {_json_type(values)}, not object/list")
+        n = len(ordered)
+        if n == 0:
+            raise _Reject(R.EMPTY_VALUES, f"{where}values is empty")
+        if n > self.limits.max_channels:
+            limit = self.limits.max_channels
+            raise _Reject(R.TOO_MANY_CHANNELS, f"{where}values has {n} channels > max {limit}")
+        return names, ordered
+
+    def _remember(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+        if len(self._sorted) >= _SORT_CACHE_MAX:
+            self._sorted.clear()
+        names = tuple(sorted(keys))
+        entry = (names, names == keys)
+        self._sorted[keys] = entry
+        return entry
+
+
+class _Rows:
+    """Rows accumulated over one poll; `finish` validates numbers and timestamps in bulk."""
+
+    def __init__(self) -> None:
+        # one tuple per row: (device_id, raw ts, channel names, width, message index, index in readings)
+        self.meta: list[tuple[str, Any, tuple[str, ...] | None, int, int, int]] = []
+        self.flat: list[Any] = []  # every value of every row, row after row
+        self.records: list[KafkaRecord] = []  # accepted so far; message index -> record
+
+    def finish(self, limits: CodecLimits) -> tuple[ReadingBatch, list[DeadLetter]]:
+        """The batch of rows whose numbers and timestamps are valid, and dead letters for the rest."""
+        n = len(self.meta)
+        device_ids, raw_ts, channels, widths_, msg_, sub = (
+            tuple(zip(*self.meta, strict=True)) if n else ((),) * 6
+        )
+        msg = np.asarray(msg_, dtype=np.int64)  # (n,) row -> message index
+        widths = np.asarray(widths_, dtype=np.int16)  # (n,) channels per row
+        bad: _Bad = {}
+
+        def flag(row: int, reason: DeadLetterReason, detail: str) -> None:
+            where = f"readings[{sub[row]}]: " if sub[row] >= 0 else ""
+            bad.setdefault(int(msg[row]), (reason, where + detail))
+
+        ts = _timestamps(raw_ts, flag)  # (n,) float64 epoch seconds
+        flat = _numbers(self.flat, widths, flag)  # (sum(widths),) float64
+        if n:
+            starts = np.zeros(n, dtype=np.int64)
+            np.cumsum(widths[:-1], out=starts[1:])
+            out_of_range = np.add.reduceat(~(np.abs(flat) <= FLOAT32_MAX), starts) > 0  # NaN too
+            for row in np.flatnonzero(out_of_range):
+                flag(row, R.NON_FINITE, "a value is NaN/Inf or beyond float32")
+            expected = limits.expected_channels
+            for row in np.flatnonzero(widths != expected) if expected is not None else ():
+                flag(row, R.CHANNEL_COUNT, f"{widths[row]} channels, the model expects {expected}")
+        values = _pack(flat, widths)  # (n, c_max) float32, NaN-padded
+        partitions = np.fromiter((r.partition for r in self.records), np.int32, len(self.records))[msg]
+        offsets = np.fromiter((r.offset for r in self.records), np.int64, len(self.records))[msg]
+        if bad:
+            keep = ~np.isin(msg, np.fromiter(bad, dtype=np.int64, count=len(bad)))
+            device_ids = tuple(d for d, k in zip(device_ids, keep, strict=True) if k)
+            channels = tuple(c for c, k in zip(channels, keep, strict=True) if k)
+            ts, values, widths = ts[keep], values[keep], widths[keep]
+            partitions, offsets = partitions[keep], offsets[keep]
+            values = values[:, : max(int(widths.max()), 1) if len(widths) else 1]
+        batch = ReadingBatch(
+            device_ids=list(device_ids),
+            ts=ts,
+            values=np.ascontiguousarray(values),
+            n_channels=widths,
+            channels=list(channels),
+            partitions=partitions,
+            offsets=offsets,
+        )
+        return batch, [DeadLetter(reason, detail, self.records[m]) for m, (reason, detail) in bad.items()]
+
+
+_Bad = dict[int, tuple[DeadLetterReason, str]]  # message index -> first reason found
+_Flag = Callable[[int, DeadLetterReason, str], None]
+
+
+def _timestamps(raw: Sequence[Any], flag: _Flag) -> np.ndarray:
+    """(n,) float64 epoch seconds; a ts that is not a number or RFC 3339, or out of range, is flagged."""
+    if set(map(type, raw)) <= _NUMBER_TYPES:
+        ts = np.asarray(raw, dtype=np.float64)
+    else:
+        ts = np.fromiter(map(_parse_ts, raw), dtype=np.float64, count=len(raw))
+    for row in np.flatnonzero(~((ts >= TS_MIN) & (ts < TS_MAX))):  # also catches NaN (unparseable)
+        flag(row, R.BAD_TIMESTAMP,
+             f"ts {str(raw[row])[:64]!r} is not RFC 3339 with offset or epoch seconds in [1970, 3000)")
+    return ts
+
+
+def _numbers(flat: list[Any], widths: np.ndarray, flag: _Flag) -> np.ndarray:
+    """The values as float64, in one go when all are JSON numbers; non-numbers flagged (and zeroed)."""
+    if set(map(type, flat)) <= _NUMBER_TYPES:
+        return np.asarray(flat, dtype=np.float64)
+    row_of = np.repeat(np.arange(len(widths)), widths)
+    cleaned = np.zeros(len(flat), dtype=np.float64)
+    for i, v in enumerate(flat):
+        kind = type(v)
+        if kind is float or kind is int:
+            cleaned[i] = v
+        elif kind is str and v.strip().lower() in _NON_FINITE_WORDS:
+            flag(int(row_of[i]), R.NON_FINITE, f"value {v[:16]!r} is not finite")
+        else:
+            flag(int(row_of[i]), R.WRONG_TYPE, f"a value is a JSON {_json_type(v)}, not a number")
+    return cleaned
+
+
+def _pack(flat: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """(n, c_max) float32 from the row-after-row values, NaN beyond each row's width."""
+    n = len(widths)
+    c_max = int(widths.max()) if n else 1
+    if n and int(widths.min()) == c_max:
+        return flat.reshape(n, c_max).astype(np.float32)
+    values = np.full((n, c_max), np.nan, dtype=np.float32)
+    values[np.arange(c_max) < widths[:, None]] = flat
+    return values
+
+
+
+
+def _parse_ts(t: Any) -> float:
+    """Epoch seconds from a JSON number or an RFC 3339 string; NaN when it is neither."""
+    kind = type(t)
+    if kind is float or kind is int:
+        return float(t)
+    if kind is not str or not _RFC3339.match(t):
+        return math.nan
+    text = t.replace("z", "Z").replace("t", "T")
+    if len(text) > 25 and text[19] == ".":  # datetime takes at most 6 fractional digits
+        frac_end = 20 + len(text[20:]) - len(text[20:].lstrip("0123456789"))
+        text = text[:26] + text[frac_end:] if frac_end > 26 else text
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:  # e.g. month 13, hour 24, second 60
+        return math.nan
+
+
+def _missing_or_wrong(name: str, value: Any, expected: str) -> _Reject:
+    if value is None:
+        return _Reject(R.MISSING_FIELD, f"{name} is missing or null")
+    if value == "":
+        return _Reject(R.MISSING_FIELD, f"{name} is empty")
+    return _Reject(R.WRONG_TYPE, f"{name} is a JSON {_json_type(value)}, expected {expected}")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def encode_reading(device_id: str, ts: float | str, values: Sequence[float] | dict[str, float]) -> bytes:
+    """The JSON value of a single-form reading message (its key is `device_id.encode()`)."""
+    return orjson.dumps({"device_id": device_id, "ts": ts, "values": values})
+
+
+def encode_readings(device_id: str, readings: Sequence[tuple[float | str, Sequence[float] | dict[str, float]]]
+                    ) -> bytes:
+    """The JSON value of a batch-form message carrying several readings of one device."""
+    return orjson.dumps({"device_id": device_id, "readings": [{"ts": t, "values": v} for t, v in readings]})
