@@ -156,6 +156,7 @@ def test_observe_batch_accounts_drops_alerts_and_lag(metrics: Metrics) -> None:
     assert value("rnnwatch_readings_dropped_total", {"reason": "non_finite"}) == 2
     assert value("rnnwatch_readings_dropped_total", {"reason": "out_of_order"}) == 1
     assert value("rnnwatch_readings_dropped_total", {"reason": "capacity"}) == 0  # pre-initialised
+    assert value("rnnwatch_dead_letters_total", {"reason": "not_json"}) == 0
     assert value("rnnwatch_alerts_total", {"state": "firing"}) == 1
     assert value("rnnwatch_batch_size_readings_sum") == 5
     assert value("rnnwatch_batch_waves_sum") == 2

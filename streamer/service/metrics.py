@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from streamer.ingest.dead_letter import DeadLetterReason
 from streamer.scoring.readings import DropReason, ScoredBatch
 
 # Seconds, 1 ms .. 30 s: one batched RNN step, a checkpoint flush.
@@ -121,6 +122,8 @@ class Metrics:
         for reason in DropReason:
             if reason is not DropReason.SCORED:
                 self.readings_dropped.labels(reason=reason.label)
+        for dead in DeadLetterReason:
+            self.dead_letters.labels(reason=dead.value)
         for state in ALERT_STATES:
             self.alerts.labels(state=state)
         self._lag_labels: set[tuple[str, str]] = set()
