@@ -16,6 +16,7 @@ from streamer.errors import RnnwatchError
 # Modules that define subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "streamer.tools.replay",
+    "streamer.tools.broker_cmd",
 )
 
 
