@@ -308,11 +308,12 @@ def _pack(flat: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """(n, c_max) float32 from the row-after-row values, NaN beyond each row's width."""
     n = len(widths)
     c_max = int(widths.max()) if n else 1
-    if n and int(widths.min()) == c_max:
-        return flat.reshape(n, c_max).astype(np.float32)
-    values = np.full((n, c_max), np.nan, dtype=np.float32)
-    values[np.arange(c_max) < widths[:, None]] = flat
-    return values
+    with np.errstate(over="ignore"):  # rows beyond float32 range are flagged and dropped by the caller
+        if n and int(widths.min()) == c_max:
+            return flat.reshape(n, c_max).astype(np.float32)
+        values = np.full((n, c_max), np.nan, dtype=np.float32)
+        values[np.arange(c_max) < widths[:, None]] = flat
+        return values
 
 
 
