@@ -1,0 +1,303 @@
+"""The daemon's one frozen settings object, read once at the edge from CLI flags and the environment.
+
+Precedence: a CLI flag beats its environment variable, which beats the default. This is the only
+module that looks at environment variables, and it only reads the mapping it is given (the CLI passes
+`os.environ`), so a test passes a plain dict.
+
+    >>> s = Settings.from_sources(None, {"RNNWATCH_METRICS_PORT": "9200"})
+    >>> s.metrics_port, s.readings_topic, s.scores_topic
+    (9200, 'sensor.readings', None)
+    >>> Settings.from_sources(None, {"RNNWATCH_METRICS_PORT": "http"})
+    Traceback (most recent call last):
+    ...
+    streamer.errors.ConfigError: RNNWATCH_METRICS_PORT='http': expected an integer in [0, 65535]
+
+Every variable (flag in brackets) and its default:
+
+    KAFKA_BOOTSTRAP_SERVERS      [--bootstrap-servers]   127.0.0.1:9092
+    RNNWATCH_GROUP_ID            [--group-id]            rnnwatch
+    RNNWATCH_READINGS_TOPIC      [--readings-topic]      sensor.readings
+    RNNWATCH_ALERTS_TOPIC        [--alerts-topic]        sensor.alerts
+    RNNWATCH_DLQ_TOPIC           [--dlq-topic]           sensor.readings.dlq
+    RNNWATCH_SCORES_TOPIC        [--scores-topic]        unset: no per-reading scores are published
+    RNNWATCH_STATE_TOPIC         [--state-topic]         rnnwatch.state (device state changelog)
+    RNNWATCH_CHECKPOINT_INTERVAL_S [--checkpoint-interval-s] 30
+    RNNWATCH_MAX_DEVICES         [--max-devices]         1000000
+    RNNWATCH_DEVICE_TTL_S        [--device-ttl-s]        604800 (7 days without a reading: evictable)
+    RNNWATCH_METRICS_PORT        [--metrics-port]        9109 (0: any free port)
+    RNNWATCH_MODEL               [--model]               unset: the shipped model
+    RNNWATCH_DEVICE              [--device]              auto (cuda when visible, else cpu)
+    RNNWATCH_LOG_LEVEL           [--log-level]           INFO
+    KAFKA_SECURITY_PROTOCOL      [--security-protocol]   PLAINTEXT
+    KAFKA_SASL_MECHANISM         [--sasl-mechanism]      unset
+    KAFKA_SASL_USERNAME          [--sasl-username]       unset
+    KAFKA_SASL_PASSWORD          (no flag: a password on a command line shows in `ps`)
+    KAFKA_SASL_PASSWORD_FILE     [--sasl-password-file]  unset; the file's content, trailing newline cut
+    KAFKA_SSL_CAFILE / KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE  [--ssl-cafile / --ssl-certfile / --ssl-keyfile]
+
+Tuning knobs that are flags only (rarely changed, no variable): see `add_arguments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from streamer.errors import ConfigError
+from streamer.ingest.codec import CodecLimits
+from streamer.kafka.client_config import KafkaClientSettings
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `rnnwatch serve` needs to know, validated."""
+
+    kafka: KafkaClientSettings = field(default_factory=KafkaClientSettings)
+    group_id: str = "rnnwatch"
+    readings_topic: str = "sensor.readings"
+    alerts_topic: str = "sensor.alerts"
+    dlq_topic: str = "sensor.readings.dlq"
+    scores_topic: str | None = None
+    state_topic: str = "rnnwatch.state"
+    checkpoint_interval_s: float = 30.0
+    max_devices: int = 1_000_000
+    device_ttl_s: float = 7 * 86_400.0
+    metrics_port: int = 9109
+    model: str | None = None
+    device: str = "auto"
+    log_level: str = "INFO"
+    # flags only
+    metrics_host: str = "0.0.0.0"
+    create_topics: bool = True
+    topic_partitions: int = 4  # for topics the daemon creates
+    session_timeout_ms: int = 6_000
+    max_poll_records: int = 20_000
+    poll_timeout_ms: int = 500
+    consumer_lag_interval_s: float = 5.0
+    publish_timeout_s: float = 30.0
+    startup_attempts: int = 0  # tries to reach the broker at start; 0 = keep trying until stopped
+    stale_after_s: float = 60.0  # /healthz fails when the loop has not turned for this long
+    max_message_bytes: int = 1_048_576
+    max_readings_per_message: int = 10_000
+    max_channels: int = 256
+
+    @property
+    def codec_limits(self) -> CodecLimits:
+        return CodecLimits(self.max_message_bytes, self.max_readings_per_message, self.max_channels)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Every topic the daemon reads or writes, by role (scores only when enabled)."""
+        roles = {"readings": self.readings_topic, "alerts": self.alerts_topic, "dlq": self.dlq_topic,
+                 "state": self.state_topic}
+        if self.scores_topic:
+            roles["scores"] = self.scores_topic
+        return roles
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Add a flag per setting; every default is None so `from_sources` can tell "not given"."""
+        for opt in _OPTIONS:
+            if opt.flag is None:
+                continue
+            kwargs: dict[str, Any] = {"default": None, "dest": opt.dest, "help": opt.help}
+            if opt.parse is _flag_bool:
+                parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                parser.add_argument(opt.flag, metavar=opt.metavar, **kwargs)
+
+    @classmethod
+    def from_sources(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> Settings:
+        """Flags (args) over environment (environ) over defaults; `ConfigError` names what is wrong."""
+        values: dict[str, Any] = {}
+        for opt in _OPTIONS:
+            raw, source = _lookup(opt, args, environ)
+            if raw is None:
+                continue
+            try:
+                values[opt.dest] = raw if isinstance(raw, bool) else opt.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}={raw!r}: {exc}") from None
+        kafka = _kafka_settings(values)
+        own = {f.name for f in fields(cls)}
+        settings = cls(kafka=kafka, **{k: v for k, v in values.items() if k in own})
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        names = list(self.topics.values())
+        if len(set(names)) != len(names):
+            raise ConfigError(f"topics must differ from each other, got {self.topics}; "
+                              "check the RNNWATCH_*_TOPIC variables")
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    dest: str
+    env: str | None
+    flag: str | None
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer in [{lo}, {hi}]") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected an integer in [{lo}, {hi}]")
+        return value
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds > 0") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _flag_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _readable_file(raw: str) -> str:
+    path = Path(raw.strip())
+    if not path.is_file():
+        raise ValueError("no such file")
+    return str(path)
+
+
+_MAX_INT = 2**31 - 1
+_OPTIONS: tuple[_Option, ...] = (
+    _Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", _text,
+            "comma-separated host:port list", "HOSTS"),
+    _Option("group_id", "RNNWATCH_GROUP_ID", "--group-id", _text, "consumer group id"),
+    _Option("readings_topic", "RNNWATCH_READINGS_TOPIC", "--readings-topic", _text, "topic to consume"),
+    _Option("alerts_topic", "RNNWATCH_ALERTS_TOPIC", "--alerts-topic", _text, "topic for alert events"),
+    _Option("dlq_topic", "RNNWATCH_DLQ_TOPIC", "--dlq-topic", _text, "dead-letter topic"),
+    _Option("scores_topic", "RNNWATCH_SCORES_TOPIC", "--scores-topic", _optional_text,
+            "publish every score here (unset: off)"),
+    _Option("state_topic", "RNNWATCH_STATE_TOPIC", "--state-topic", _text, "device state changelog topic"),
+    _Option("checkpoint_interval_s", "RNNWATCH_CHECKPOINT_INTERVAL_S", "--checkpoint-interval-s", _seconds,
+            "seconds between state checkpoints"),
+    _Option("max_devices", "RNNWATCH_MAX_DEVICES", "--max-devices", _int_in(1, _MAX_INT),
+            "devices held in memory at most"),
+    _Option("device_ttl_s", "RNNWATCH_DEVICE_TTL_S", "--device-ttl-s", _seconds,
+            "seconds without a reading before a device's state may be evicted"),
+    _Option("metrics_port", "RNNWATCH_METRICS_PORT", "--metrics-port", _int_in(0, 65535),
+            "port of /metrics, /healthz, /readyz (0: any free port)"),
+    _Option("model", "RNNWATCH_MODEL", "--model", _optional_text, "model artifact directory", "DIR"),
+    _Option("device", "RNNWATCH_DEVICE", "--device", _text, "auto, cpu or cuda[:N]"),
+    _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level, "DEBUG, INFO, WARNING, ERROR"),
+    _Option("security_protocol", "KAFKA_SECURITY_PROTOCOL", "--security-protocol", _text,
+            "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    _Option("sasl_mechanism", "KAFKA_SASL_MECHANISM", "--sasl-mechanism", _optional_text,
+            "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ..."),
+    _Option("sasl_username", "KAFKA_SASL_USERNAME", "--sasl-username", _optional_text, "SASL user"),
+    _Option("sasl_password", "KAFKA_SASL_PASSWORD", None, str, ""),
+    _Option("sasl_password_file", "KAFKA_SASL_PASSWORD_FILE", "--sasl-password-file", _readable_file,
+            "file holding the SASL password", "FILE"),
+    _Option("ssl_cafile", "KAFKA_SSL_CAFILE", "--ssl-cafile", _readable_file, "CA bundle (PEM)", "FILE"),
+    _Option("ssl_certfile", "KAFKA_SSL_CERTFILE", "--ssl-certfile", _readable_file, "client cert (PEM)",
+            "FILE"),
+    _Option("ssl_keyfile", "KAFKA_SSL_KEYFILE", "--ssl-keyfile", _readable_file, "client key (PEM)", "FILE"),
+    # flags only
+    _Option("metrics_host", None, "--metrics-host", _text, "address the health server binds (0.0.0.0)"),
+    _Option("create_topics", None, "--create-topics", _flag_bool,
+            "create missing topics at start (default yes; --no-create-topics: fail and name them)"),
+    _Option("topic_partitions", None, "--topic-partitions", _int_in(1, 10_000),
+            "partitions of the topics the daemon creates (4)"),
+    _Option("session_timeout_ms", None, "--session-timeout-ms", _int_in(1_000, 600_000),
+            "consumer group session timeout (6000)"),
+    _Option("max_poll_records", None, "--max-poll-records", _int_in(1, 10_000_000),
+            "records per poll, i.e. the batch size (20000)"),
+    _Option("poll_timeout_ms", None, "--poll-timeout-ms", _int_in(1, 60_000), "poll wait (500)"),
+    _Option("consumer_lag_interval_s", None, "--consumer-lag-interval-s", _seconds,
+            "seconds between consumer-lag metric updates (5)"),
+    _Option("publish_timeout_s", None, "--publish-timeout-s", _seconds,
+            "how long to wait for the broker to acknowledge a batch's output (30)"),
+    _Option("startup_attempts", None, "--startup-attempts", _int_in(0, 1_000_000),
+            "tries to reach the broker at start, 0 = until stopped (0)"),
+    _Option("stale_after_s", None, "--stale-after-s", _seconds,
+            "/healthz fails when the loop has not turned for this long (60)"),
+    _Option("max_message_bytes", None, "--max-message-bytes", _int_in(1, _MAX_INT),
+            "larger reading messages are dead-lettered (1048576)"),
+    _Option("max_readings_per_message", None, "--max-readings-per-message", _int_in(1, _MAX_INT),
+            "batch-form messages with more readings are dead-lettered (10000)"),
+    _Option("max_channels", None, "--max-channels", _int_in(1, 32_767),
+            "readings with more channels are dead-lettered (256)"),
+)
+
+
+def _lookup(opt: _Option, args: argparse.Namespace | None, environ: Mapping[str, str]) -> tuple[Any, str]:
+    given = getattr(args, opt.dest, None) if args is not None and opt.flag else None
+    if given is not None:
+        return given, opt.flag or opt.dest
+    if opt.env is not None and opt.env in environ:
+        return environ[opt.env], opt.env
+    return None, ""
+
+
+def _kafka_settings(values: dict[str, Any]) -> KafkaClientSettings:
+    password = values.get("sasl_password")
+    password_file = values.get("sasl_password_file")
+    if password is not None and password_file is not None:
+        raise ConfigError("both KAFKA_SASL_PASSWORD and KAFKA_SASL_PASSWORD_FILE (--sasl-password-file) "
+                          "are set; keep one")
+    if password_file is not None:
+        try:
+            password = Path(password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE={password_file!r}: cannot read it: {exc}") from None
+    kwargs = {
+        key: values[key]
+        for key in ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
+                    "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        if key in values
+    }
+    try:
+        return KafkaClientSettings(**kwargs, sasl_password=password)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (set by KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL, "
+                          "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD[_FILE])") from None
+
+
+def log_level_number(settings: Settings) -> int:
+    """The stdlib logging level of `settings.log_level`."""
+    return int(logging.getLevelName(settings.log_level))

@@ -1,0 +1,82 @@
+"""Settings: flags over environment over defaults; errors name the variable to fix."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from streamer.errors import ConfigError
+from streamer.service.settings import Settings
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_are_the_documented_ones():
+    s = Settings.from_sources(parse([]), {})
+    assert s == Settings()
+    assert (s.kafka.bootstrap_servers, s.group_id, s.readings_topic, s.alerts_topic, s.dlq_topic) == (
+        "127.0.0.1:9092", "rnnwatch", "sensor.readings", "sensor.alerts", "sensor.readings.dlq")
+    assert (s.scores_topic, s.metrics_port, s.model, s.device) == (None, 9109, None, "auto")
+    assert s.create_topics and s.session_timeout_ms == 6000
+
+
+def test_flag_beats_environment_beats_default():
+    env = {"RNNWATCH_ALERTS_TOPIC": "env.alerts", "RNNWATCH_GROUP_ID": "env-group",
+           "RNNWATCH_SCORES_TOPIC": "env.scores", "KAFKA_BOOTSTRAP_SERVERS": "10.0.0.1:9092"}
+    s = Settings.from_sources(parse(["--alerts-topic", "flag.alerts", "--no-create-topics"]), env)
+    assert s.alerts_topic == "flag.alerts"
+    assert s.group_id == "env-group"
+    assert s.scores_topic == "env.scores"
+    assert s.kafka.bootstrap_servers == "10.0.0.1:9092"
+    assert s.dlq_topic == "sensor.readings.dlq"
+    assert s.create_topics is False
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"RNNWATCH_METRICS_PORT": "70000"}, "RNNWATCH_METRICS_PORT"),
+    ({"RNNWATCH_MAX_DEVICES": "lots"}, "RNNWATCH_MAX_DEVICES"),
+    ({"RNNWATCH_CHECKPOINT_INTERVAL_S": "-1"}, "RNNWATCH_CHECKPOINT_INTERVAL_S"),
+    ({"RNNWATCH_DEVICE_TTL_S": "nan"}, "RNNWATCH_DEVICE_TTL_S"),
+    ({"RNNWATCH_LOG_LEVEL": "loud"}, "RNNWATCH_LOG_LEVEL"),
+    ({"RNNWATCH_READINGS_TOPIC": " "}, "RNNWATCH_READINGS_TOPIC"),
+    ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN"}, "KAFKA_SASL_PASSWORD"),
+    ({"RNNWATCH_DLQ_TOPIC": "sensor.readings"}, "RNNWATCH_"),
+])
+def test_invalid_values_raise_config_error_naming_the_variable(env, named):
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_sources(parse([]), env)
+
+
+def test_invalid_flag_names_the_flag():
+    with pytest.raises(ConfigError, match="--metrics-port"):
+        Settings.from_sources(parse(["--metrics-port", "x"]), {"RNNWATCH_METRICS_PORT": "1"})
+
+
+def test_sasl_password_from_file_or_env_but_not_both(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+           "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD_FILE": str(secret)}
+    s = Settings.from_sources(parse([]), env)
+    assert s.kafka.sasl_password == "s3cret"
+    assert "s3cret" not in repr(s)
+    env_pw = {k: v for k, v in env.items() if k != "KAFKA_SASL_PASSWORD_FILE"} | {"KAFKA_SASL_PASSWORD": "p"}
+    assert Settings.from_sources(parse([]), env_pw).kafka.sasl_password == "p"
+    with pytest.raises(ConfigError, match="keep one"):
+        Settings.from_sources(parse([]), {**env, "KAFKA_SASL_PASSWORD": "p"})
+
+
+def test_settings_are_frozen_and_list_their_topics():
+    s = Settings.from_sources(None, {"RNNWATCH_SCORES_TOPIC": "scores"})
+    with pytest.raises(AttributeError):
+        s.group_id = "x"  # type: ignore[misc]
+    assert s.topics == {"readings": "sensor.readings", "alerts": "sensor.alerts",
+                        "dlq": "sensor.readings.dlq", "state": "rnnwatch.state", "scores": "scores"}
+    assert s.codec_limits.max_message_bytes == 1_048_576
