@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench model evaluate clean
+.PHONY: help install tools run test test-fast lint bench model evaluate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -23,7 +23,10 @@ install: $(STAMP) ## make .venv with pinned torch, the project and its test tool
 run: install ## embedded demo: broker + simulated fleet + daemon, alerts printed as they fire
 	$(BIN)/python -m streamer.tools.demo
 
-test: install ## lint, then the whole test suite (starts an embedded Kafka broker)
+tools: ## promtool + prometheus for the deploy tests (Debian package, installed when missing and root)
+	bash deploy/install-tools.sh
+
+test: install tools ## lint, then the whole test suite (starts an embedded Kafka broker)
 	$(BIN)/ruff check streamer model tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
