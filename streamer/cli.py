@@ -17,6 +17,7 @@ from streamer.errors import RnnwatchError
 COMMAND_MODULES: tuple[str, ...] = (
     "streamer.tools.replay",
     "streamer.tools.broker_cmd",
+    "streamer.tools.simulate",
 )
 
 
