@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamer.tools.replay",
     "streamer.tools.broker_cmd",
     "streamer.tools.simulate",
+    "streamer.tools.serve_cmd",
 )
 
 

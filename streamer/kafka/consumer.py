@@ -1,0 +1,142 @@
+"""The readings consumer: one consumer-group member that polls batches and commits them explicitly.
+
+Auto-commit is off: `poll` returns the records and the offsets that committing them means, and the
+daemon passes those to `commit` only after the batch's output is acknowledged. A rebalance happens
+inside `poll`, when the previous batch is already committed, so the rebalance listener has nothing
+to commit; it records the assignment and tells the optional hooks (state restore, eviction).
+
+kafka-python 3 runs the group coordinator on its own IO thread; a synchronous listener that called
+back into the consumer there would fail ("Cannot block on net.run() from the IO thread itself"),
+hence the `AsyncConsumerRebalanceListener`, which only updates in-memory state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+PartitionsHook = Callable[[frozenset[Any]], None]  # called with a set of kafka TopicPartition
+
+
+class CommitError(BrokerError):
+    """The group refused or lost an offset commit (usually a rebalance); the records will be redelivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One poll: records in partition order, and {TopicPartition: next offset} to commit them."""
+
+    records: list[Any]
+    offsets: dict[Any, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class GroupConsumer:
+    """Wraps a `kafka.KafkaConsumer` (from `consumer_factory`) subscribed to one topic."""
+
+    def __init__(
+        self,
+        consumer_factory: Callable[[], Any],
+        topic: str,
+        *,
+        on_assigned: PartitionsHook | None = None,
+        on_revoked: PartitionsHook | None = None,
+    ) -> None:
+        from kafka import AsyncConsumerRebalanceListener
+
+        self.topic = topic
+        self._lock = threading.Lock()
+        self._assigned: frozenset[Any] = frozenset()
+        self._committed: dict[Any, int] = {}
+        self.rebalances = 0
+        outer = self
+
+        class Listener(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+                outer._set_assignment(outer.assigned - frozenset(revoked), revoked, on_revoked, "revoked")
+
+            async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+                outer._set_assignment(frozenset(assigned), assigned, on_assigned, "assigned")
+
+        self._consumer = consumer_factory()
+        self._consumer.subscribe([topic], listener=Listener())
+
+    def _set_assignment(self, now: frozenset[Any], changed: Iterable[Any], hook: PartitionsHook | None,
+                        what: str) -> None:
+        changed = frozenset(changed)
+        with self._lock:
+            self._assigned = now
+            self.rebalances += 1
+            for tp in changed if what == "revoked" else ():
+                self._committed.pop(tp, None)
+        if not changed:
+            return
+        log.info("partitions %s: %s", what, sorted(tp.partition for tp in changed),
+                 extra={"topic": self.topic, "assigned": sorted(tp.partition for tp in now)})
+        if hook is not None:
+            hook(changed)
+
+    @property
+    def assigned(self) -> frozenset[Any]:
+        with self._lock:
+            return self._assigned
+
+    def poll(self, timeout_ms: int, max_records: int) -> Polled:
+        by_partition = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records: list[Any] = []
+        offsets: dict[Any, int] = {}
+        for tp, batch in by_partition.items():
+            if batch:
+                records.extend(batch)
+                offsets[tp] = batch[-1].offset + 1
+        return Polled(records, offsets)
+
+    def commit(self, offsets: dict[Any, int], timeout_ms: int = 30_000) -> None:
+        """Commit {TopicPartition: next offset}; `CommitError` when the group did not take it."""
+        from kafka.structs import OffsetAndMetadata
+
+        if not offsets:
+            return
+        request = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+        try:
+            self._consumer.commit(request, timeout_ms=timeout_ms)
+        except Exception as exc:  # CommitFailedError, timeouts, coordinator moves: all mean "not committed"
+            cause = f"{type(exc).__name__}: {exc}"
+            raise CommitError(f"offset commit of {len(offsets)} partitions failed: {cause}") from exc
+        with self._lock:
+            self._committed.update(offsets)
+
+    def lag(self, timeout_ms: int = 5_000) -> dict[tuple[str, int], int]:
+        """{(topic, partition): end offset − committed position} for the assigned partitions.
+
+        One ListOffsets round trip: call it every few seconds, not every batch.
+        """
+        assigned = self.assigned
+        if not assigned:
+            return {}
+        ends = self._consumer.end_offsets(list(assigned), timeout_ms=timeout_ms)
+        with self._lock:
+            committed = dict(self._committed)
+        out = {}
+        for tp in assigned:
+            position = committed.get(tp)
+            if position is None:
+                position = self._consumer.position(tp, timeout_ms=timeout_ms) or 0
+            out[(tp.topic, tp.partition)] = max(int(ends.get(tp, position)) - int(position), 0)
+        return out
+
+    def close(self, timeout_ms: int = 10_000) -> None:
+        """Leave the group (no auto-commit: what was committed is what was confirmed)."""
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
+        except Exception as exc:
+            log.warning("closing the consumer: %s", exc)

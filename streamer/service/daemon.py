@@ -1,0 +1,193 @@
+"""The daemon: poll → decode → score → publish → confirm → commit → metrics, until asked to stop.
+
+At-least-once: a batch's offsets are committed only after every record it produced (alerts, scores,
+dead letters) is acknowledged by the broker. If publishing keeps failing, the loop keeps retrying the
+same output (readiness goes false, logs say why) rather than moving on; if the commit fails (a
+rebalance took the partitions), the records will be delivered again to their new owner.
+
+`stop()` (the CLI calls it on SIGTERM/SIGINT) lets the batch in hand finish: its output is flushed
+and confirmed, its offsets committed, then the clients close and `run()` returns 0.
+
+Collaborators are injected with production defaults: the pipeline, the metrics registry and the
+consumer/producer factories, so tests run the real loop against fakes or a real broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streamer.ingest.codec import Decoded, ReadingDecoder
+from streamer.kafka.consumer import CommitError, GroupConsumer, Polled
+from streamer.kafka.publisher import Publisher, PublishError
+from streamer.scoring.readings import ScoredBatch
+from streamer.service.accounting import BatchAccounting
+from streamer.service.clients import make_consumer, make_producer
+from streamer.service.health import HealthServer
+from streamer.service.metrics import Metrics
+from streamer.service.settings import Settings
+from streamer.service.startup import Stopped, prepare_topics, wait_for_broker
+
+log = logging.getLogger(__name__)
+
+OUTPUT_ROLES = ("readings", "alerts", "dlq", "scores")  # topics this daemon reads or writes
+
+
+class Daemon:
+    """One `rnnwatch serve` process: a consumer-group member scoring the readings topic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Any,  # a ScoringPipeline: score(ReadingBatch) -> ScoredBatch
+        *,
+        metrics: Metrics | None = None,
+        consumer_factory: Callable[[], Any] | None = None,
+        producer_factory: Callable[[], Any] | None = None,
+        state_ready: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics or Metrics()
+        self._consumer_factory = consumer_factory or (lambda: make_consumer(settings))
+        self._producer_factory = producer_factory or (lambda: make_producer(settings))
+        self._state_ready = state_ready
+        self._clock = clock
+        self.decoder = ReadingDecoder(settings.codec_limits)
+        self.accounting = BatchAccounting(self.metrics)
+        self._stop = threading.Event()
+        self._beat_at: float | None = None
+        self._problem: str | None = "starting"
+        self._next_lag_at = 0.0
+        self.consumer: GroupConsumer | None = None
+        self.publisher: Publisher | None = None
+        self.health: HealthServer | None = None
+        self.started = threading.Event()  # set once the first poll is about to happen (tests wait on it)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until `stop()`; 0 on a clean stop. Startup errors raise (`BrokerError`, `ConfigError`)."""
+        try:
+            consumer, publisher = self._start()
+        except Stopped:
+            self._close()
+            return 0
+        try:
+            while not self._stop.is_set():
+                self._beat()
+                polled = consumer.poll(self.settings.poll_timeout_ms, self.settings.max_poll_records)
+                if not polled:
+                    continue
+                t0 = time.perf_counter()
+                decoded = self.decoder.decode(polled.records)
+                scored = self.pipeline.score(decoded.batch)
+                latency = time.perf_counter() - t0
+                self._publish(publisher, decoded, scored)
+                self._confirm(publisher)
+                self._commit(consumer, polled)
+                self.accounting.account(decoded, scored, latency, self._clock())
+        finally:
+            self._close()
+        return 0
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    def _start(self) -> tuple[GroupConsumer, Publisher]:
+        s = self.settings
+        self.health = HealthServer(self.metrics.registry, lambda: self._beat_at, self.readiness,
+                                   stale_after_s=s.stale_after_s, host=s.metrics_host, port=s.metrics_port)
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", s.metrics_host, self.health.port,
+                 extra={"port": self.health.port})
+        self._model_info()
+        self._problem = f"connecting to broker {s.kafka.bootstrap_servers}"
+        existing = wait_for_broker(s, self._stop, beat=self._beat)
+        prepare_topics(s, existing, OUTPUT_ROLES)
+        self.publisher = Publisher(
+            self._producer_factory, alerts_topic=s.alerts_topic, dlq_topic=s.dlq_topic,
+            scores_topic=s.scores_topic, source_topic=s.readings_topic,
+            on_recreate=self.metrics.producer_recreated.inc,
+        )
+        self.consumer = GroupConsumer(self._consumer_factory, s.readings_topic)
+        self._problem = None
+        log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
+            "alerts_topic": s.alerts_topic, "dlq_topic": s.dlq_topic, "scores_topic": s.scores_topic})
+        self.started.set()
+        return self.consumer, self.publisher
+
+    def _publish(self, publisher: Publisher, decoded: Decoded, scored: ScoredBatch) -> None:
+        publisher.publish_dead_letters(decoded.dead_letters)
+        publisher.publish_alerts(scored.events)
+        publisher.publish_scores(decoded.batch, scored)
+
+    def _confirm(self, publisher: Publisher) -> None:
+        """Block until the batch's output is acknowledged, retrying with backoff; never skip it."""
+        backoff = 1.0
+        while True:
+            try:
+                publisher.flush_and_confirm(self.settings.publish_timeout_s)
+                self._problem = None
+                return
+            except PublishError as exc:
+                self._problem = f"publishing failed: {exc}"
+                log.error("batch output not acknowledged; retrying in %.0f s: %s", backoff, exc)
+                if self._stop.is_set():
+                    raise
+                self._beat()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _commit(self, consumer: GroupConsumer, polled: Polled) -> None:
+        try:
+            consumer.commit(polled.offsets)
+        except CommitError as exc:
+            self.metrics.commit_failures.inc()
+            log.warning("%s; those records will be processed again by the partitions' next owner", exc)
+
+    # ---- health and periodic metrics -----------------------------------------------------------------
+    def _beat(self) -> None:
+        now = time.monotonic()
+        self._beat_at = now
+        self.metrics.loop_heartbeat.set(self._clock())
+        ready, _ = self.readiness()
+        self.metrics.ready.set(1 if ready else 0)
+        store = getattr(self.pipeline, "store", None)
+        if store is not None:
+            self.metrics.devices_tracked.set(len(store))
+        if self.consumer is not None and now >= self._next_lag_at:
+            self._next_lag_at = now + self.settings.consumer_lag_interval_s
+            try:
+                self.metrics.set_consumer_lag(self.consumer.lag())
+            except Exception as exc:  # lag is informative; a failed ListOffsets must not stop scoring
+                log.debug("consumer lag unavailable: %s", exc)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._problem is not None:
+            return False, self._problem
+        if self.consumer is None or not self.consumer.assigned:
+            return False, "waiting for a partition assignment"
+        if not self._state_ready():
+            return False, "restoring device state"
+        return True, f"{len(self.consumer.assigned)} partitions assigned"
+
+    def _model_info(self) -> None:
+        config = getattr(getattr(self.pipeline, "model", None), "config", None)
+        cell, hidden = getattr(config, "cell", None), getattr(config, "hidden_size", None)
+        architecture = f"{cell}-h{hidden}" if cell and hidden else "unknown"
+        self.metrics.set_model(str(getattr(self.pipeline, "model_version", "unknown")), str(architecture),
+                               str(getattr(self.pipeline, "device", "cpu")))
+
+    def _close(self) -> None:
+        totals = dict(self.accounting.totals)
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.health is not None:
+            self.health.close()
+        log.info("stopped", extra={"totals": totals})
+

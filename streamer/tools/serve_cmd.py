@@ -1,0 +1,60 @@
+"""`rnnwatch serve`: the long-running daemon. Reads readings from Kafka, publishes alerts, serves metrics.
+
+Configuration: CLI flags over environment variables over defaults (see `streamer.service.settings`
+for the full list). SIGTERM or SIGINT finishes the batch in hand, flushes, commits and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("rnnwatch.serve")
+
+
+def register(subparsers: Any) -> None:
+    from streamer.service.settings import Settings
+
+    parser = subparsers.add_parser(
+        "serve", help="run the streaming anomaly detector against Kafka (the daemon)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    Settings.add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.errors import RnnwatchError
+    from streamer.service.logging_json import configure_logging
+    from streamer.service.settings import Settings
+
+    settings = Settings.from_sources(args, os.environ)
+    configure_logging(settings.log_level)
+    try:
+        return _serve(settings)
+    except RnnwatchError as exc:
+        log.error("%s", exc, extra={"error": type(exc).__name__})
+        raise
+
+
+def _serve(settings: Any) -> int:
+    from streamer.scoring.factory import build_pipeline
+    from streamer.service.daemon import Daemon
+
+    pipeline = build_pipeline(settings.model, settings.device)
+    daemon = Daemon(settings, pipeline)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+        daemon.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return daemon.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
