@@ -1,0 +1,225 @@
+"""Per-device state: recurrent rows in preallocated tensor slabs, per-device columns beside them.
+
+A device with C channels owns C contiguous *rows*: each row holds one channel's hidden state, its
+normaliser statistics and the model's forecast of its next value. Rows live in tensors on the scoring
+device (CPU or CUDA), so a wave of readings gathers and scatters them in one indexed operation.
+Per-device fields (last timestamp, calibration, alert state, ...) live in numpy columns indexed by the
+device's *slot*. Components declare the columns they need (`Column`) and the store allocates them.
+
+Capacity grows by chunks; freed slots and row blocks are reused. Nothing here knows about Kafka.
+
+Shapes: S = model state size; row tensors (row_capacity, ...); device columns (device_capacity, width).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamer.errors import StateError
+
+
+@dataclass(frozen=True)
+class Column:
+    """A per-device field: `width` values of `dtype`, reset to `fill` when a slot is (re)allocated."""
+
+    name: str
+    dtype: type[np.generic] | np.dtype
+    width: int = 1
+    fill: float = 0.0
+
+
+# Row-level tensors: name -> (dtype, width); width 0 means the model's state size.
+ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
+    "hidden": (torch.float32, 0),
+    "norm_count": (torch.float64, 1),
+    "norm_mean": (torch.float64, 1),
+    "norm_var": (torch.float64, 1),
+    "pred": (torch.float32, 1),
+}
+
+CORE_COLUMNS: tuple[Column, ...] = (
+    Column("row_start", np.int64),
+    Column("n_channels", np.int16),
+    Column("last_ts", np.float64, fill=-np.inf),
+    Column("last_seen", np.float64),  # wall-clock seconds of the last reading, for TTL and LRU
+    Column("source_offset", np.int64, fill=-1),  # last applied Kafka offset (exactly-once state effect)
+    Column("steps", np.int64),  # readings applied to the recurrent state since the last reset
+)
+
+
+class StateStore:
+    """Device-id -> slot map over growable state slabs."""
+
+    def __init__(
+        self,
+        state_size: int,
+        columns: Iterable[Column] = (),
+        device: torch.device | str = "cpu",
+        initial_devices: int = 1024,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.state_size = state_size
+        self.device = torch.device(device)
+        self.clock = clock or time.time
+        self.columns: dict[str, Column] = {c.name: c for c in (*CORE_COLUMNS, *columns)}
+        self._slot: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._names: list[tuple[str, ...] | None] = []
+        self._free_slots: list[int] = []
+        self._free_rows: dict[int, list[int]] = {}
+        self._rows_used = 0
+        self.cols: dict[str, np.ndarray] = {}
+        self.rows: dict[str, torch.Tensor] = {}
+        self._alloc_devices(max(1, initial_devices))
+        self._alloc_rows(max(1, initial_devices) * 4)
+
+    # ---- capacity -------------------------------------------------------------------------------
+    @property
+    def device_capacity(self) -> int:
+        return len(self._ids)
+
+    @property
+    def row_capacity(self) -> int:
+        return int(self.rows["hidden"].shape[0])
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._slot
+
+    def _alloc_devices(self, capacity: int) -> None:
+        old = len(self._ids)
+        for col in self.columns.values():
+            shape = (capacity,) if col.width == 1 else (capacity, col.width)
+            fresh = np.full(shape, col.fill, dtype=col.dtype)
+            if old:
+                fresh[:old] = self.cols[col.name]
+            self.cols[col.name] = fresh
+        self._ids.extend([None] * (capacity - old))
+        self._names.extend([None] * (capacity - old))
+        self._free_slots.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
+
+    def _alloc_rows(self, capacity: int) -> None:
+        for name, (dtype, width) in ROW_FIELDS.items():
+            shape = (capacity, width or self.state_size) if width != 1 else (capacity,)
+            fresh = torch.zeros(shape, dtype=dtype, device=self.device)
+            if name in self.rows:
+                fresh[: self.rows[name].shape[0]] = self.rows[name]
+            self.rows[name] = fresh
+
+    # ---- slots ----------------------------------------------------------------------------------
+    def slot(self, device_id: str) -> int | None:
+        return self._slot.get(device_id)
+
+    def device_id(self, slot: int) -> str | None:
+        return self._ids[slot]
+
+    def channel_names(self, slot: int) -> tuple[str, ...] | None:
+        return self._names[slot]
+
+    def device_ids(self) -> list[str]:
+        return list(self._slot)
+
+    def slots_for(
+        self,
+        device_ids: Sequence[str],
+        n_channels: np.ndarray,
+        channels: Sequence[tuple[str, ...] | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Slots for every reading (allocating new devices) and a mask of channel-set mismatches.
+
+        device_ids (n,), n_channels (n,) -> slots (n,) int64, mismatch (n,) bool
+        """
+        n = len(device_ids)
+        slots = np.empty(n, dtype=np.int64)
+        lookup = self._slot.get
+        for i, dev in enumerate(device_ids):
+            s = lookup(dev)
+            slots[i] = self._allocate(dev, int(n_channels[i]), channels[i]) if s is None else s
+        mismatch = self.cols["n_channels"][slots] != n_channels
+        names = self._names
+        for i, ch in enumerate(channels):
+            if ch is not None and names[slots[i]] is not ch and names[slots[i]] != ch:
+                mismatch[i] = True
+        self.cols["last_seen"][slots] = self.clock()
+        return slots, mismatch
+
+    def _allocate(self, device_id: str, n_channels: int, names: tuple[str, ...] | None) -> int:
+        if n_channels < 1:
+            raise StateError(f"device {device_id!r}: a reading needs at least one channel")
+        if not self._free_slots:
+            self._alloc_devices(self.device_capacity * 2)
+        slot = self._free_slots.pop()
+        row_start = self._take_rows(n_channels)
+        for col in self.columns.values():
+            self.cols[col.name][slot] = col.fill
+        self.cols["row_start"][slot] = row_start
+        self.cols["n_channels"][slot] = n_channels
+        self._slot[device_id] = slot
+        self._ids[slot] = device_id
+        self._names[slot] = names
+        return slot
+
+    def _take_rows(self, count: int) -> int:
+        free = self._free_rows.get(count)
+        if free:
+            start = free.pop()
+        else:
+            if self._rows_used + count > self.row_capacity:
+                self._alloc_rows(max(self.row_capacity * 2, self._rows_used + count))
+            start = self._rows_used
+            self._rows_used += count
+        for tensor in self.rows.values():
+            tensor[start : start + count] = 0
+        return start
+
+    def evict(self, device_id: str) -> None:
+        """Forget a device: its slot and rows return to the free lists."""
+        slot = self._slot.pop(device_id)
+        count = int(self.cols["n_channels"][slot])
+        self._free_rows.setdefault(count, []).append(int(self.cols["row_start"][slot]))
+        self._ids[slot] = None
+        self._names[slot] = None
+        self._free_slots.append(slot)
+
+    # ---- rows -----------------------------------------------------------------------------------
+    def rows_of(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices of the devices in `slots`, flattened: slots (m,) -> rows (r,), owner (r,).
+
+        owner[j] is the position in `slots` whose device row j belongs to; a device's rows are in
+        channel order.
+        """
+        counts = self.cols["n_channels"][slots].astype(np.int64)
+        owner = np.repeat(np.arange(len(slots)), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        rows = self.cols["row_start"][slots][owner] + (np.arange(len(owner)) - first)
+        return rows, owner
+
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Zero the recurrent state (not the normaliser) of these rows: after a long gap, say."""
+        self.rows["hidden"][rows] = 0
+        self.rows["pred"][rows] = 0
+
+    # ---- accounting -----------------------------------------------------------------------------
+    def bytes_per_device(self, n_channels: int) -> int:
+        """Memory one tracked device costs: its rows, its columns and its map entries."""
+        row_bytes = sum(
+            (w or self.state_size) * torch.empty(0, dtype=dt).element_size() for dt, w in ROW_FIELDS.values()
+        )
+        col_bytes = sum(np.dtype(c.dtype).itemsize * c.width for c in self.columns.values())
+        map_bytes = sys.getsizeof("device-000000") + 2 * 8 + 100  # key str + dict entry + list slots
+        return row_bytes * n_channels + col_bytes + map_bytes
+
+    def memory_bytes(self) -> int:
+        """Bytes allocated for state (capacity, not just what is in use)."""
+        rows = sum(t.element_size() * t.nelement() for t in self.rows.values())
+        cols = sum(a.nbytes for a in self.cols.values())
+        return rows + cols + len(self._slot) * (sys.getsizeof("device-000000") + 116)
