@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -612,6 +613,8 @@ class Prometheus:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
                 body = response.read().decode()
+        except urllib.error.HTTPError as err:  # a bad query: the body says why
+            body = err.read().decode()
         except OSError:
             return None
         return json.loads(body) if body.startswith("{") else {"status": "success"}
