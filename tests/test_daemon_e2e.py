@@ -1,0 +1,369 @@
+"""The daemon on a real broker: dead letters, every good reading scored, metrics that agree, alert
+quality on a simulated fleet, SIGTERM, missing topics, and a producer that survives a broker restart.
+
+The daemon runs in a background thread (or, for the signal test, as `rnnwatch serve` in a subprocess)
+with its own topics and group, so tests do not see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer.ingest.dead_letter import parse_headers
+from streamer.kafka.broker import free_port
+from streamer.service.daemon import Daemon
+from streamer.service.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipeline_factory() -> Callable[[], Any]:
+    from streamer.scoring.factory import build_pipeline
+
+    return lambda: build_pipeline(None, "cpu")
+
+
+def daemon_settings(bootstrap: str, name: Callable[[str], str], **overrides: Any) -> Settings:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "RNNWATCH_GROUP_ID": name("group"),
+        "RNNWATCH_READINGS_TOPIC": name("readings"),
+        "RNNWATCH_ALERTS_TOPIC": name("alerts"),
+        "RNNWATCH_DLQ_TOPIC": name("dlq"),
+        "RNNWATCH_SCORES_TOPIC": name("scores"),
+        "RNNWATCH_METRICS_PORT": "0",
+        "RNNWATCH_DEVICE": "cpu",
+    }
+    base = Settings.from_sources(None, env)
+    return replace(base, metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=2,
+                   consumer_lag_interval_s=1.0, **overrides)
+
+
+@contextmanager
+def running(settings: Settings, pipeline: Any) -> Iterator[Daemon]:
+    daemon = Daemon(settings, pipeline)
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:  # surfaced by the test below, not swallowed
+            errors.append(exc)
+
+    thread = threading.Thread(target=main, name="daemon", daemon=True)
+    thread.start()
+    wait_for(lambda: daemon.readiness()[0] or bool(errors), 30, "daemon ready")
+    assert not errors, errors
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "daemon did not stop within 30 s"
+        assert not errors, errors
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    from kafka import KafkaProducer
+
+    from streamer.kafka.client_config import producer_throughput_kwargs
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **producer_throughput_kwargs())
+    errors: list[BaseException] = []
+    for key, value in records:
+        producer.send(topic, key=key, value=value).add_errback(errors.append)
+    producer.flush(60)
+    producer.close()
+    assert not errors, errors[:3]
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of `topic`, from the beginning to the end offsets at call time."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest", max_poll_records=50_000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for batch in consumer.poll(timeout_ms=500).values():
+                out.extend(batch)
+        return out
+    finally:
+        consumer.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """/metrics as {'name{labels}': value} for rnnwatch_ samples."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line.startswith("rnnwatch_"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+# ---- (a) dead letters ------------------------------------------------------------------------------
+def malformed(i: int) -> tuple[bytes | None, bytes, str]:
+    """The i-th malformed record (key, value, expected reason); every value is unique."""
+    dev = f"bad-{i}"
+    good = {"device_id": dev, "ts": 1_700_000_000 + i, "values": [1.0, 2.0]}
+    kinds: list[tuple[bytes | None, Any, str]] = [
+        (dev.encode(), b"{not json %d" % i, "not_json"),
+        (dev.encode(), b"[%d]" % i, "not_object"),
+        (dev.encode(), {**good, "device_id": None}, "missing_field"),
+        (dev.encode(), {k: v for k, v in good.items() if k != "values"}, "missing_field"),
+        (dev.encode(), {**good, "values": "1,2"}, "wrong_type"),
+        (dev.encode(), {**good, "values": [1.0, True]}, "wrong_type"),
+        (b"someone-else", good, "key_mismatch"),
+        (dev.encode(), {**good, "ts": "yesterday"}, "bad_timestamp"),
+        (dev.encode(), {**good, "ts": 1_700_000_000_000 + i}, "bad_timestamp"),
+        (dev.encode(), {**good, "values": [1.0, "NaN"]}, "non_finite"),
+        (dev.encode(), {**good, "values": [1e39]}, "non_finite"),
+        (dev.encode(), {**good, "values": {}}, "empty_values"),
+        (dev.encode(), {**good, "values": list(range(300))}, "too_many_channels"),
+        (dev.encode(), {"device_id": dev, "readings": [{"ts": 1, "values": [1]}] * 10_001},
+         "too_many_readings"),
+        (dev.encode(), {**good, "pad": "x" * 1_100_000}, "oversized"),
+    ]
+    key, value, reason = kinds[i % len(kinds)]
+    if not isinstance(value, bytes):
+        value = orjson.dumps(value)
+    return key, value, reason
+
+
+def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name,
+                                                             pipeline_factory):
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name)
+    n_devices, n_steps, n_bad = 100, 100, 1_000
+    good: list[tuple[bytes | None, bytes]] = []
+    expected_scores = set()
+    for step in range(n_steps):
+        for d in range(n_devices):
+            dev, ts = f"dev-{d:03d}", 1_700_000_000.0 + 60.0 * step
+            values = {"temp": 20.0 + float(np.sin(step / 10 + d)), "rpm": 900.0 + (step * 7 + d) % 13}
+            good.append((dev.encode(), orjson.dumps({"device_id": dev, "ts": ts, "values": values})))
+            expected_scores.add((dev, ts))
+    bad = [malformed(i) for i in range(n_bad)]
+    records: list[tuple[bytes | None, bytes]] = []
+    for i, record in enumerate(good):  # one malformed record after every 10th good one
+        records.append(record)
+        if i % 10 == 9:
+            key, value, _ = bad[i // 10]
+            records.append((key, value))
+    expected_reasons = Counter(reason for _, _, reason in bad)
+    reason_of_value = {value: reason for _, value, reason in bad}
+
+    with running(settings, pipeline_factory()) as daemon:
+        produce(kafka_bootstrap, settings.readings_topic, records)
+        total = len(good) + n_bad
+        wait_for(lambda: daemon.accounting.totals["consumed"] >= total, 60, "every record consumed")
+        port = daemon.health.port
+        wait_for(lambda: scrape(port).get("rnnwatch_readings_consumed_total") == total, 10, "the counter")
+        metrics = scrape(port)
+        assert daemon.readiness()[0], daemon.readiness()
+
+    dlq = read_topic(kafka_bootstrap, settings.dlq_topic)
+    assert len(dlq) == n_bad
+    for rec in dlq:
+        headers = parse_headers(rec.headers)
+        assert headers["reason"] == reason_of_value[rec.value], headers
+        assert headers["source.topic"] == settings.readings_topic and int(headers["source.offset"]) >= 0
+    assert Counter(parse_headers(r.headers)["reason"] for r in dlq) == expected_reasons
+
+    scores = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.scores_topic)]
+    assert len(scores) == len(good)
+    assert {(s["device_id"], s["ts"]) for s in scores} == expected_scores
+    assert all(0.0 <= s["anomaly_score"] <= 1.0 for s in scores)
+
+    assert metrics["rnnwatch_readings_consumed_total"] == len(good) + n_bad
+    assert metrics["rnnwatch_readings_scored_total"] == len(good)
+    assert sum(v for k, v in metrics.items() if k.startswith("rnnwatch_readings_dropped_total")) == 0
+    for reason, count in expected_reasons.items():
+        assert metrics[f'rnnwatch_dead_letters_total{{reason="{reason}"}}'] == count
+    assert sum(v for k, v in metrics.items() if k.startswith("rnnwatch_dead_letters_total{")) == n_bad
+    alerts = read_topic(kafka_bootstrap, settings.alerts_topic)
+    by_state = Counter(orjson.loads(r.value)["state"] for r in alerts)
+    for state in ("firing", "resolved"):
+        assert metrics[f'rnnwatch_alerts_total{{state="{state}"}}'] == by_state[state]
+    assert metrics["rnnwatch_devices_tracked"] == n_devices
+    assert metrics["rnnwatch_ready"] == 1.0
+    assert metrics["rnnwatch_commit_failures_total"] == 0
+
+
+# ---- (b) alert quality on a simulated fleet ----------------------------------------------------------
+RECALL_MIN = 0.9
+EPISODES_PER_FAULT_MAX = 1.5
+FALSE_ALERTS_PER_DEVICE_DAY_MAX = 0.5  # firing episodes on fault-free devices
+
+
+def alert_quality(fleet: Any, alerts: list[dict[str, Any]], grace_steps: int = 10) -> dict[str, float]:
+    """Recall of injected faults, alert episodes per fault, false alerts on fault-free devices.
+
+    A fault is detected when its device fires between the fault's start and `grace_steps` readings
+    after its end; the episodes counted for it are the firings in that window.
+    """
+    period = float(fleet.ts[1] - fleet.ts[0])
+    firing: dict[str, list[float]] = {}
+    for alert in alerts:
+        if alert["state"] == "firing":
+            firing.setdefault(alert["device_id"], []).append(alert["ts"])
+    detected = episodes = 0
+    explained: set[tuple[str, float]] = set()
+    for fault in fleet.faults:
+        last = fault.end_ts + grace_steps * period
+        hits = [t for t in firing.get(fault.device_id, ()) if fault.start_ts <= t <= last]
+        detected += bool(hits)
+        episodes += len(hits)
+        explained.update((fault.device_id, t) for t in hits)
+    free = set(fleet.fault_free_devices)
+    days = (fleet.ts[-1] - fleet.ts[0] + period) / 86_400.0
+    false_free = sum(len(ts) for device, ts in firing.items() if device in free)
+    unexplained = sum(1 for device, ts in firing.items() if device not in free for t in ts
+                      if (device, t) not in explained)
+    n_faults = max(len(fleet.faults), 1)
+    return {
+        "faults": len(fleet.faults),
+        "recall": detected / n_faults,
+        "episodes_per_fault": episodes / n_faults,
+        "false_alerts_fault_free": false_free,
+        "fault_free_devices": len(free),
+        "false_alerts_per_fault_free_device_day": false_free / max(len(free) * days, 1e-9),
+        "unexplained_alerts_on_faulty_devices": unexplained,
+        "alerts": len(alerts),
+    }
+
+
+def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique_topic_name,
+                                                         pipeline_factory):
+    from streamer.tools.simulate import generate_fleet, reading_messages
+
+    fleet = generate_fleet(n_devices=60, n_steps=1440, seed=11)
+    messages = [(key, value) for key, value, _ in reading_messages(fleet)]
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name, scores_topic=None)
+    with running(settings, pipeline_factory()) as daemon:
+        produce(kafka_bootstrap, settings.readings_topic, messages)
+        wait_for(lambda: daemon.accounting.totals["consumed"] >= len(messages), 120, "the fleet consumed")
+    alerts = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
+    quality = alert_quality(fleet, alerts)
+    print(f"\nfleet alert quality: {quality}")
+    assert quality["recall"] >= RECALL_MIN, quality
+    assert quality["episodes_per_fault"] <= EPISODES_PER_FAULT_MAX, quality
+    assert quality["false_alerts_per_fault_free_device_day"] <= FALSE_ALERTS_PER_DEVICE_DAY_MAX, quality
+
+
+# ---- lifecycle: SIGTERM, missing topics, broker restart ------------------------------------------------
+def serve(bootstrap: str, name: Callable[[str], str], *extra: str
+          ) -> tuple[subprocess.Popen, dict[str, str]]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RNNWATCH_GROUP_ID": name("group"),
+           "RNNWATCH_READINGS_TOPIC": name("readings"), "RNNWATCH_ALERTS_TOPIC": name("alerts"),
+           "RNNWATCH_DLQ_TOPIC": name("dlq"), "RNNWATCH_METRICS_PORT": str(free_port()),
+           "RNNWATCH_DEVICE": "cpu"}
+    cmd = [sys.executable, "-m", "streamer.cli", "serve", "--session-timeout-ms", "2000", "--metrics-host",
+           "127.0.0.1", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), env
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_bootstrap, unique_topic_name):
+    from kafka import KafkaConsumer, TopicPartition
+
+    proc, env = serve(kafka_bootstrap, unique_topic_name)
+    port = int(env["RNNWATCH_METRICS_PORT"])
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 60, "rnnwatch serve ready")
+        records = [
+            (f"d{i % 7}".encode(), orjson.dumps({"device_id": f"d{i % 7}", "ts": 1e9 + i, "values": [i % 5]}))
+            for i in range(3_000)
+        ]
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], records)
+        wait_for(lambda: scrape(port).get("rnnwatch_readings_consumed_total", 0) >= 1, 30, "first batch")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert code == 0, output[-3000:]
+    lines = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any("SIGTERM received" in line["msg"] for line in lines)
+    stopped = [line for line in lines if line["msg"] == "stopped"]
+    assert stopped, output[-3000:]
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=env["RNNWATCH_GROUP_ID"],
+                             enable_auto_commit=False)
+    try:
+        topic = env["RNNWATCH_READINGS_TOPIC"]
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        committed = sum(consumer.committed(tp) or 0 for tp in parts)
+    finally:
+        consumer.close()
+    assert committed == stopped[0]["totals"]["consumed"]  # what was processed is exactly what was committed
+
+
+def test_missing_topics_are_named_when_creation_is_forbidden(kafka_bootstrap, unique_topic_name):
+    proc, env = serve(kafka_bootstrap, unique_topic_name, "--no-create-topics")
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 2, output
+    assert env["RNNWATCH_READINGS_TOPIC"] in output and "RNNWATCH_READINGS_TOPIC" in output
+    assert env["RNNWATCH_ALERTS_TOPIC"] in output and "--no-create-topics" in output
+
+
+def test_publisher_recreates_a_producer_broken_by_a_broker_restart(embedded_broker):
+    from streamer.kafka.admin import TopicSpec, ensure_topics
+    from streamer.kafka.publisher import Publisher
+    from streamer.scoring.readings import AlertEvent
+    from streamer.service.clients import make_producer
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": embedded_broker.bootstrap_servers}
+    settings = replace(Settings.from_sources(None, env), publish_timeout_s=15)
+    topics = [TopicSpec("alerts", 1), TopicSpec("dlq", 1)]
+    ensure_topics(settings.kafka, topics)
+    publisher = Publisher(lambda: make_producer(settings), alerts_topic="alerts", dlq_topic="dlq")
+    event = AlertEvent("a", "d1", "firing", 1.0, 1.0, 0.9, 0.8, (), "v")
+    publisher.publish_alerts([event])
+    assert publisher.flush_and_confirm(15) == 1
+    embedded_broker.stop()
+    embedded_broker.start()  # same port, all data and producer ids gone
+    ensure_topics(settings.kafka, topics)
+    publisher.publish_alerts([event] * 5)
+    assert publisher.flush_and_confirm(15) == 5
+    assert publisher.recreated == 1
+    publisher.close(1)
+    assert len(read_topic(embedded_broker.bootstrap_servers, "alerts")) == 5
