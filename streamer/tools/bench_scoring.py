@@ -1,0 +1,112 @@
+"""`rnnwatch bench scoring`: throughput of the whole scoring pipeline against its bare recurrent cell.
+
+Readings are decoded up front (no Kafka, no JSON): the benchmark times `ScoringPipeline.score` on
+batches holding one reading of every device, and, in the same run, the bare `model.step` over the
+same rows (a row is one channel of one device: the model is channel-independent). The ratio of the
+two says how much the pipeline around the cell costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from streamer.scoring.factory import build_pipeline
+from streamer.scoring.readings import ReadingBatch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=10_000)
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--batches", type=int, default=30, help="timed batches (one reading per device each)")
+    p.add_argument("--warmup-batches", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
+    p.add_argument("--model", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def make_batches(devices: int, channels: int, count: int, seed: int) -> list[ReadingBatch]:
+    """`count` batches, each one reading per device: a noisy daily cycle per channel."""
+    rng = np.random.default_rng(seed)
+    ids = [f"dev-{i:07d}" for i in range(devices)]
+    names = tuple(f"c{k}" for k in range(channels))
+    phase = rng.uniform(0, 2 * np.pi, (devices, channels))
+    out = []
+    for step in range(count):
+        values = (np.sin(2 * np.pi * step / 288 + phase) + rng.normal(0, 0.1, (devices, channels)))
+        out.append(ReadingBatch(
+            device_ids=ids,
+            ts=np.full(devices, 1.7e9 + 60.0 * step),
+            values=values.astype(np.float32),
+            n_channels=np.full(devices, channels, dtype=np.int16),
+            channels=[names] * devices,
+            partitions=np.full(devices, -1, dtype=np.int32),
+            offsets=np.full(devices, -1, dtype=np.int64),
+        ))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(args: argparse.Namespace) -> dict[str, object]:
+    pipeline = build_pipeline(args.model, args.device)
+    device = pipeline.device
+    batches = make_batches(args.devices, args.channels, args.warmup_batches + args.batches, args.seed)
+    for batch in batches[: args.warmup_batches]:
+        pipeline.score(batch)
+    _sync(device)
+    started = time.perf_counter()
+    for batch in batches[args.warmup_batches :]:
+        pipeline.score(batch)
+    _sync(device)
+    pipeline_s = time.perf_counter() - started
+    readings = args.devices * args.batches
+
+    rows = args.devices * args.channels
+    model = pipeline.model
+    x = torch.randn(rows, model.config.input_features, device=device)  # (R, F)
+    h = torch.zeros(rows, model.config.state_size, device=device)  # (R, S)
+    with torch.inference_mode():
+        for _ in range(args.warmup_batches):
+            _, h = model.step(x, h)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(args.batches):
+            _, h = model.step(x, h)
+        _sync(device)
+    bare_s = time.perf_counter() - started
+    readings_per_s = readings / pipeline_s
+    bare_rows_per_s = rows * args.batches / bare_s
+    return {
+        "benchmark": "scoring",
+        "device": str(device),
+        "devices": args.devices,
+        "channels": args.channels,
+        "batches": args.batches,
+        "readings": readings,
+        "model_version": pipeline.model_version,
+        "torch_threads": torch.get_num_threads(),
+        "readings_per_s": round(readings_per_s),
+        "pipeline_rows_per_s": round(readings_per_s * args.channels),
+        "bare_step_rows_per_s": round(bare_rows_per_s),
+        "ratio": round(readings_per_s * args.channels / bare_rows_per_s, 3),
+        "bytes_per_device": pipeline.store.bytes_per_device(args.channels),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    result = bench(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return 0
