@@ -120,8 +120,14 @@ def test_restart_keeps_the_address_and_new_clients_work(embedded_broker: Embedde
     settings = KafkaClientSettings(embedded_broker.bootstrap_servers)
     address = embedded_broker.bootstrap_servers
     ensure_topics(settings, [("before", 1)])
-    _produce(settings, "before", [(b"k", b"old")])
-    embedded_broker.restart()
+    old = KafkaProducer(**producer_kwargs(settings))  # stays connected across the restart, as mid-stream
+    try:
+        old.send("before", key=b"k", value=b"old").get(timeout=10)
+        started = time.monotonic()
+        embedded_broker.restart()
+        assert time.monotonic() - started < 3.0  # open connections must not stall the stop
+    finally:
+        old.close(timeout=1)
     assert embedded_broker.running
     assert embedded_broker.bootstrap_servers == address
     assert "before" not in probe_metadata(settings)  # memory storage: the restart lost everything

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -185,14 +186,18 @@ class EmbeddedBroker:
         return self._log_path.read_bytes()[-max_chars:].decode("utf-8", "replace")
 
     def stop(self, timeout_s: float = _STOP_GRACE_S) -> None:
-        """Terminate tansu (SIGTERM), then kill it if it has not exited after `timeout_s`."""
+        """Terminate tansu, then kill it if it has not exited after `timeout_s`.
+
+        The terminating signal is SIGINT: tansu 0.6 answers SIGTERM by draining open client
+        connections for 5 s, SIGINT at once, and memory storage has nothing to flush either way.
+        """
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("tansu pid %d ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
+                log.warning("tansu pid %d ignored SIGINT for %.0f s; killing it", process.pid, timeout_s)
                 process.kill()
                 process.wait(timeout=timeout_s)
         if self._log_file is not None:
