@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamer.tools.broker_cmd",
     "streamer.tools.simulate",
     "streamer.tools.serve_cmd",
+    "streamer.tools.bench_cmd",
 )
 
 

@@ -1,0 +1,43 @@
+"""`rnnwatch bench {scoring,e2e}`: benchmarks, each printing one JSON object with --json.
+
+- `scoring`: the scoring pipeline alone against its bare recurrent cell (`streamer.tools.bench_scoring`).
+- `e2e`: the daemon on a real broker against the bare client's consume+decode rate, plus reading→alert
+  latency (`streamer.tools.bench_e2e`).
+
+Each benchmark module defines `add_arguments(parser)` and `run(args)`; they are imported only when
+their benchmark runs (they import torch), so their options are parsed then: `rnnwatch bench scoring
+--help` still lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+BENCHMARKS = {
+    "scoring": ("streamer.tools.bench_scoring", "scoring pipeline vs bare recurrent cell, no Kafka"),
+    "e2e": ("streamer.tools.bench_e2e", "daemon on a real broker vs raw consume+decode; alert latency"),
+}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks (JSON with --json)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (module, help_text) in BENCHMARKS.items():
+        # "+" as prefix: every "--option" stays in `options`, for the module's own parser to read.
+        sub = which.add_parser(name, help=help_text, prefix_chars="+", add_help=False)
+        sub.add_argument("options", nargs="*", help=argparse.SUPPRESS)
+        sub.set_defaults(func=_runner(name, module))
+
+
+def _runner(name: str, module_name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"rnnwatch bench {name}", description=module.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(args.options)))
+
+    return run

@@ -1,0 +1,311 @@
+"""`rnnwatch bench e2e`: the daemon's throughput on a real broker against the bare client's, and latency.
+
+Three phases, one JSON object (with --json):
+
+1. produce: N readings of a synthetic fleet to a fresh topic (before anything consumes it).
+2. raw:     the daemon's own consumer settings (`make_consumer`) poll that topic in a fresh group and
+            decode every record (`ReadingDecoder`): the rate ceiling of kafka-python + decode.
+   daemon:  the daemon (in this process, on its own thread) consumes the same topic in another fresh
+            group; its rate runs from its first non-empty poll to its last offset commit.
+   ratio = daemon / raw.
+3. latency: a producer process sends readings stamped with their send time at `--latency-fraction` of
+            the daemon's measured rate, with a spike on every device after its calibration warm-up;
+            reading→alert latency is the alert record's producer timestamp minus the reading's `ts`
+            (p50/p99 over the firing alerts).
+
+Without --bootstrap an embedded tansu broker is started for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: embedded broker)")
+    p.add_argument("--readings", type=int, default=200_000, help="readings in the throughput phases")
+    p.add_argument("--devices", type=int, default=1_000)
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--max-poll-records", type=int, default=20_000)
+    p.add_argument("--latency-fraction", type=float, default=0.5, help="share of the daemon's max rate")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
+    p.add_argument("--model", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.kafka.broker import EmbeddedBroker
+
+    if args.bootstrap:
+        result = bench(args, args.bootstrap)
+    else:
+        with EmbeddedBroker() as broker:
+            result = bench(args, broker.bootstrap_servers)
+    if args.json:
+        print(json.dumps(result), flush=True)
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
+    from streamer.kafka.admin import TopicSpec, ensure_topics
+    from streamer.service.settings import Settings
+
+    run_id = uuid.uuid4().hex[:8]
+    settings = replace(
+        Settings.from_sources(None, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}),
+        readings_topic=f"bench.readings.{run_id}", alerts_topic=f"bench.alerts.{run_id}",
+        dlq_topic=f"bench.dlq.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
+        max_poll_records=args.max_poll_records, device=args.device, model=args.model,
+        topic_partitions=args.partitions, log_level="WARNING",
+    )
+    ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
+    steps = max(1, args.readings // args.devices)
+    produced = _produce_fleet(settings, args.devices, steps, args.channels)
+    raw = _raw_consume_decode(settings, produced, f"bench-raw-{run_id}")
+    daemon = _daemon_throughput(replace(settings, group_id=f"bench-daemon-{run_id}"), produced)
+    result: dict[str, Any] = {
+        "bench": "e2e",
+        "readings": produced,
+        "devices": args.devices,
+        "channels": args.channels,
+        "partitions": args.partitions,
+        "max_poll_records": args.max_poll_records,
+        "raw_consume_decode_readings_per_s": round(raw, 1),
+        "daemon_readings_per_s": round(daemon["rate"], 1),
+        "ratio": round(daemon["rate"] / raw, 3),
+        "daemon_batches": daemon["batches"],
+        "torch_device": args.device,
+        "crc32c_c_extension": _has_crc32c(),
+    }
+    if not args.skip_latency:
+        target = args.latency_fraction * daemon["rate"]
+        lat_settings = replace(settings, readings_topic=f"bench.lat.{run_id}",
+                               alerts_topic=f"bench.lat-alerts.{run_id}", group_id=f"bench-lat-{run_id}")
+        latency = _alert_latency(lat_settings, target, args.latency_seconds, args.devices, args.channels)
+        result["latency"] = {"rate_fraction": args.latency_fraction, **latency}
+    return result
+
+
+# ---- phase 1: produce ------------------------------------------------------------------------------
+def _produce_fleet(settings: Any, devices: int, steps: int, channels: int) -> int:
+    from kafka import KafkaProducer
+
+    from streamer.kafka.client_config import producer_kwargs, producer_throughput_kwargs
+    from streamer.tools.simulate import generate_fleet, produce, reading_messages
+
+    fleet = generate_fleet(n_devices=devices, n_channels=channels, n_steps=max(steps, 10), seed=1)
+    producer = KafkaProducer(**producer_kwargs(settings.kafka, **producer_throughput_kwargs()))
+    try:
+        stats = produce(producer, settings.readings_topic, reading_messages(fleet))
+    finally:
+        producer.close()
+    return stats.readings
+
+
+# ---- phase 2: raw client vs daemon -------------------------------------------------------------------
+def _raw_consume_decode(settings: Any, expected: int, group: str) -> float:
+    from streamer.ingest.codec import ReadingDecoder
+    from streamer.service.clients import make_consumer
+
+    consumer = make_consumer(replace(settings, group_id=group))
+    consumer.subscribe([settings.readings_topic])
+    decoder = ReadingDecoder(settings.codec_limits)
+    seen, first = 0, None
+    deadline = time.monotonic() + 300
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=500, max_records=settings.max_poll_records)
+            records = [r for batch in polled.values() for r in batch]
+            if not records:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            seen += len(decoder.decode(records).batch)
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+    finally:
+        consumer.close(autocommit=False)
+    if seen < expected:
+        raise RuntimeError(f"raw consumer saw {seen} of {expected} readings within 300 s")
+    return seen / max(elapsed, 1e-9)
+
+
+class _TimedConsumer:
+    """Wraps the daemon's KafkaConsumer to time its first non-empty poll and its last commit."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.first_poll: float | None = None
+        self.last_commit: float | None = None
+
+    def poll(self, *a: Any, **kw: Any) -> Any:
+        out = self._inner.poll(*a, **kw)
+        if out and self.first_poll is None:
+            self.first_poll = time.perf_counter()
+        return out
+
+    def commit(self, *a: Any, **kw: Any) -> Any:
+        out = self._inner.commit(*a, **kw)
+        self.last_commit = time.perf_counter()
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
+    from streamer.scoring.factory import build_pipeline
+    from streamer.service.clients import make_consumer
+
+    timed: list[_TimedConsumer] = []
+
+    def factory() -> _TimedConsumer:
+        timed.append(_TimedConsumer(make_consumer(settings)))
+        return timed[-1]
+
+    with _RunningDaemon(settings, build_pipeline(settings.model, settings.device), factory) as daemon:
+        _wait(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read the topic")
+        batches = daemon.accounting.totals["batches"]
+    t = timed[0]
+    elapsed = (t.last_commit or 0.0) - (t.first_poll or 0.0)
+    return {"rate": expected / max(elapsed, 1e-9), "batches": batches}
+
+
+# ---- phase 3: latency ------------------------------------------------------------------------------
+def _alert_latency(settings: Any, rate: float, seconds: float, devices: int, channels: int) -> dict[str, Any]:
+    from streamer.kafka.admin import TopicSpec, ensure_topics
+    from streamer.scoring.factory import build_pipeline
+
+    ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, settings.topic_partitions)])
+    pipeline = build_pipeline(settings.model, settings.device)
+    ctx = multiprocessing.get_context("spawn")
+    done = ctx.Queue()
+    with _RunningDaemon(settings, pipeline) as daemon:
+        paced = (settings.kafka, settings.readings_topic, rate, seconds, devices, channels, done)
+        proc = ctx.Process(target=_paced_producer, args=paced)
+        proc.start()
+        sent = done.get(timeout=seconds + 120)
+        proc.join(30)
+        _wait(lambda: daemon.accounting.totals["consumed"] >= sent["readings"], 300, "the paced readings")
+    alerts = _read_all(settings, settings.alerts_topic)
+    lat = np.array([rec.timestamp / 1000.0 - a["ts"] for rec, a in alerts if a["state"] == "firing"])
+    return {
+        "target_readings_per_s": round(rate, 1),
+        "achieved_readings_per_s": round(sent["readings"] / sent["seconds"], 1),
+        "firing_alerts": int(lat.size),
+        "p50_s": round(float(np.percentile(lat, 50)), 4) if lat.size else None,
+        "p99_s": round(float(np.percentile(lat, 99)), 4) if lat.size else None,
+    }
+
+
+def _paced_producer(kafka: Any, topic: str, rate: float, seconds: float, devices: int, channels: int,
+                    done: Any) -> None:
+    """Runs in its own process: readings at `rate`/s for `seconds`, ts = send time, one spike per device."""
+    import orjson
+    from kafka import KafkaProducer
+
+    from streamer.kafka.client_config import producer_kwargs
+
+    rng = np.random.default_rng(7)
+    spike_at = rng.integers(90, 140, devices)  # after the calibration warm-up (60 scored readings)
+    producer = KafkaProducer(**producer_kwargs(kafka, linger_ms=2))
+    keys = [f"lat-{d:05d}".encode() for d in range(devices)]
+    names = [f"c{c}" for c in range(channels)]
+    start = time.monotonic()
+    n = 0
+    while (now := time.monotonic()) - start < seconds:
+        ahead = start + n / rate - now
+        if ahead > 0.0005:
+            time.sleep(ahead)
+        d, step = n % devices, n // devices
+        base = np.sin(step / 20.0 + d) + rng.normal(0, 0.05, channels)
+        if spike_at[d] <= step < spike_at[d] + 4:
+            base = base + 1_000.0
+        values = dict(zip(names, base.tolist(), strict=True))
+        value = orjson.dumps({"device_id": keys[d].decode(), "ts": time.time(), "values": values})
+        producer.send(topic, key=keys[d], value=value)
+        n += 1
+    producer.flush()
+    producer.close()
+    done.put({"readings": n, "seconds": time.monotonic() - start})
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+class _RunningDaemon:
+    """The daemon on a thread for the length of a `with` block; its errors re-raised on exit."""
+
+    def __init__(self, settings: Any, pipeline: Any, consumer_factory: Any = None) -> None:
+        import threading
+
+        from streamer.service.daemon import Daemon
+
+        self.daemon = Daemon(settings, pipeline, consumer_factory=consumer_factory)
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._main, name="bench-daemon", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        _wait(lambda: self.daemon.readiness()[0] or bool(self.errors), 60, "the daemon to be ready")
+        if self.errors:
+            raise self.errors[0]
+        return self.daemon
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()
+        self.thread.join(60)
+        if self.errors:
+            raise self.errors[0]
+
+
+def _wait(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _read_all(settings: Any, topic: str) -> list[tuple[Any, dict[str, Any]]]:
+    import orjson
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streamer.kafka.client_config import consumer_kwargs
+
+    consumer = KafkaConsumer(**consumer_kwargs(settings.kafka, enable_auto_commit=False,
+                                               auto_offset_reset="earliest"))
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        ends = consumer.end_offsets(parts)
+        out = []
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            for batch in consumer.poll(timeout_ms=500).values():
+                out.extend((rec, orjson.loads(rec.value)) for rec in batch)
+        return out
+    finally:
+        consumer.close()
+
+
+def _has_crc32c() -> bool:
+    from kafka.record import util
+
+    return getattr(util, "crc32c_c", None) is not None
