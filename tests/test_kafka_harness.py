@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamer.errors import BrokerError
+from streamer.errors import BrokerError, ConfigError
 from streamer.kafka.admin import TopicSpec, ensure_topics, partition_count, probe_metadata, wait_for_broker
 from streamer.kafka.broker import INSTALL_HINT, EmbeddedBroker, free_port
 from streamer.kafka.client_config import (
     KafkaClientSettings,
+    admin_kwargs,
     consumer_kwargs,
     producer_kwargs,
     producer_throughput_kwargs,
@@ -165,3 +166,39 @@ def test_unreachable_broker_error_says_what_to_check() -> None:
     with pytest.raises(BrokerError, match=expected):
         wait_for_broker(f"127.0.0.1:{port}", attempts=3, backoff_s=0.1, sleep=waits.append)
     assert waits == [0.1, 0.2]
+
+
+def test_client_kwargs_leave_out_none_and_use_kafka_python_names() -> None:
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    plain = KafkaClientSettings("127.0.0.1:9092")
+    assert admin_kwargs(plain) == {
+        "bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT", "client_id": "rnnwatch",
+    }
+    sasl = KafkaClientSettings(
+        "b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="u",
+        sasl_password="s3cret-pw", ssl_cafile="/ca.pem",
+    )
+    assert "s3cret-pw" not in repr(sasl)
+    for kwargs, client in (
+        (consumer_kwargs(sasl, group_id="g"), KafkaConsumer),
+        (producer_kwargs(sasl, **producer_throughput_kwargs()), KafkaProducer),
+        (admin_kwargs(sasl), KafkaAdminClient),
+    ):
+        assert kwargs["sasl_plain_username"] == "u" and kwargs["sasl_plain_password"] == "s3cret-pw"
+        assert set(kwargs) <= set(client.DEFAULT_CONFIG), set(kwargs) - set(client.DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"bootstrap_servers": " "}, "bootstrap_servers is empty"),
+        ({"security_protocol": "TLS"}, "not one of PLAINTEXT"),
+        ({"security_protocol": "SASL_SSL"}, "needs a sasl_mechanism"),
+        ({"sasl_mechanism": "PLAIN"}, "needs security_protocol SASL_PLAINTEXT or SASL_SSL"),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}, "needs both sasl_username"),
+    ],
+)
+def test_invalid_client_settings_say_what_to_fix(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        KafkaClientSettings(**fields)
