@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamer.tools.simulate",
     "streamer.tools.serve_cmd",
     "streamer.tools.bench_cmd",
+    "streamer.tools.train_cmd",
+    "streamer.tools.evaluate",
 )
 
 
