@@ -92,9 +92,13 @@ def wait_for_broker(
     *,
     max_backoff_s: float = 5.0,
     timeout_s: float = 2.0,
+    hint: str = _ERROR_HINT,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Retry `probe_metadata` up to `attempts` times, doubling the wait from `backoff_s`."""
+    """Retry `probe_metadata` up to `attempts` times, doubling the wait from `backoff_s`.
+
+    `hint` ends the error message: name the flag or variable the caller's address came from.
+    """
     settings = as_settings(client)
     delay = backoff_s
     last: BrokerError | None = None
@@ -109,7 +113,7 @@ def wait_for_broker(
             sleep(delay)
             delay = min(delay * 2, max_backoff_s)
     raise BrokerError(
-        f"broker {settings.bootstrap_servers} unreachable after {attempts} tries; {_ERROR_HINT} "
+        f"broker {settings.bootstrap_servers} unreachable after {attempts} tries; {hint} "
         f"(last error: {last})"
     )
 

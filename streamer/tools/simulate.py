@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         args.truth.parent.mkdir(parents=True, exist_ok=True)
         args.truth.write_text(json.dumps(truth_document(fleet, topic=args.topic, **params), indent=1))
     settings = KafkaClientSettings(bootstrap_servers=args.bootstrap, client_id="rnnwatch-simulate")
-    wait_for_broker(settings)
+    wait_for_broker(settings, hint="check --bootstrap")
     ensure_topics(settings, [TopicSpec(args.topic, args.partitions)])
     producer = KafkaProducer(**producer_kwargs(settings, **producer_throughput_kwargs()))
     try:
