@@ -44,7 +44,8 @@ def _batch(rows: list[tuple[str, float, list[float]]]) -> ReadingBatch:
 def test_batched_equals_sequential(cell: str) -> None:
     rows = _stream(n_devices=12, n_steps=90)
     batched = ScoringPipeline(_artifact(cell))
-    scores_b = np.concatenate([batched.score(_batch(rows[i : i + 97])).scores for i in range(0, len(rows), 97)])
+    chunks = [rows[i : i + 97] for i in range(0, len(rows), 97)]
+    scores_b = np.concatenate([batched.score(_batch(chunk)).scores for chunk in chunks])
     assert max(batched.score(_batch(rows[:0])).waves, 0) == 0
 
     scores_s = np.empty(len(rows), dtype=np.float32)
@@ -94,7 +95,8 @@ def test_event_time_and_validation_drops() -> None:
 def test_named_channels_must_stay_the_same() -> None:
     pipe = ScoringPipeline(_artifact())
     ab, ba = ("a", "b"), ("b", "c")
-    out = pipe.score(ReadingBatch.from_rows(["d", "d"], [1.0, 2.0], [[1.0, 2.0], [1.0, 2.0]], channels=[ab, ba]))
+    batch = ReadingBatch.from_rows(["d", "d"], [1.0, 2.0], [[1.0, 2.0], [1.0, 2.0]], channels=[ab, ba])
+    out = pipe.score(batch)
     assert [DropReason(s) for s in out.status] == [DropReason.SCORED, DropReason.CHANNEL_MISMATCH]
 
 

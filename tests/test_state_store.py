@@ -31,11 +31,14 @@ def _read(store: StateStore, dev: str) -> tuple[float, float, float, int]:
     rows, _ = store.rows_of(np.array([slot]))
     hidden = store.rows["hidden"][torch.from_numpy(rows)]
     assert bool((hidden == hidden[0, 0]).all()), "a device's rows were mixed with another's"
-    return float(hidden[0, 0]), float(store.rows["norm_mean"][rows[0]]), float(store.cols["mark"][slot]), len(rows)
+    mean = float(store.rows["norm_mean"][rows[0]])
+    return float(hidden[0, 0]), mean, float(store.cols["mark"][slot]), len(rows)
 
 
 ops = st.lists(
-    st.tuples(st.sampled_from(["add", "evict"]), st.integers(0, 40), st.integers(1, 5)), min_size=1, max_size=120
+    st.tuples(st.sampled_from(["add", "evict"]), st.integers(0, 40), st.integers(1, 5)),
+    min_size=1,
+    max_size=120,
 )
 
 
@@ -47,7 +50,7 @@ def test_devices_keep_their_own_state_in_any_order(sequence: list[tuple[str, int
     for step, (op, dev_no, channels) in enumerate(sequence):
         dev = f"d{dev_no}"
         if op == "add" and dev not in expected:
-            slots, mismatch = store.slots_for([dev], np.array([channels], np.int16), [None])
+            _, mismatch = store.slots_for([dev], np.array([channels], np.int16), [None])
             assert not mismatch[0]
             _write(store, dev, float(step + 1))
             expected[dev] = (float(step + 1), channels)
