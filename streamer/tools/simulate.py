@@ -34,9 +34,8 @@ import numpy as np
 FAULT_KINDS = ("spike", "drift", "stuck", "level_shift", "noise_burst")
 DAY_S = 86_400.0
 DEFAULT_START_TS = 1_704_067_200.0  # 2024-01-01T00:00:00Z
-# Fault length as a fraction of the series (spikes: a number of samples).
-_DURATION = {"drift": (0.05, 0.15), "stuck": (0.03, 0.08), "level_shift": (0.05, 0.15),
-             "noise_burst": (0.02, 0.06)}
+_DURATION = {"drift": (0.05, 0.15), "stuck": (0.03, 0.08), "level_shift": (0.05, 0.15),  # share of t
+             "noise_burst": (0.02, 0.06)}  # spikes last 1-3 samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +53,8 @@ class FaultRecord:
 class Fleet:
     """A generated fleet. Shapes: d devices, t steps, c channels."""
 
-    device_ids: tuple[str, ...]  # (d,)
-    channels: tuple[str, ...]  # (c,) "c0", "c1", ...
+    device_ids: tuple[str, ...]  # (d,) "dev-0000", ...
+    channels: tuple[str, ...]  # (c,) "c0", "c1", ... (zero-padded beyond 10 so that names sort in order)
     ts: np.ndarray  # (t,) float64 epoch seconds, `period_s` apart
     values: np.ndarray  # (d, t, c) float32
     labels: np.ndarray  # (d, t) bool, True inside a fault window
@@ -63,7 +62,7 @@ class Fleet:
 
     @property
     def fault_free_devices(self) -> tuple[str, ...]:
-        faulty = {fault.device_id for fault in self.faults}
+        faulty = {f.device_id for f in self.faults}
         return tuple(device for device in self.device_ids if device not in faulty)
 
 
@@ -97,9 +96,7 @@ def generate_fleet(
     return Fleet(device_ids, channels, ts, np.ascontiguousarray(values, dtype=np.float32), labels, records)
 
 
-def _clean_signal(
-    rng: np.random.Generator, d: int, c: int, ts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _clean_signal(rng: np.random.Generator, d: int, c: int, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(d, t, c) float64 seasonal + trend + correlated AR(1) noise, and the (d, c) noise sigma."""
     t = ts.shape[0]
     level = rng.normal(20.0, 5.0, (d, c))
@@ -107,12 +104,12 @@ def _clean_signal(
     phase = rng.uniform(0.0, 2 * np.pi, (d, 1)) + rng.normal(0.0, 0.3, (d, c))  # (d, c)
     trend = rng.normal(0.0, 0.2, (d, c))  # units per day
     sigma = rng.uniform(0.2, 0.6, (d, c))
-    rho = rng.uniform(0.3, 0.8, d)  # per-device cross-channel correlation of the innovations
+    rho = rng.uniform(0.3, 0.8, (1, d, 1))  # per-device cross-channel correlation, time-major like shocks
     tod = (2 * np.pi * (ts % DAY_S) / DAY_S)[None, :, None]  # (1, t, 1)
     days = ((ts - ts[0]) / DAY_S)[None, :, None]
     ph = phase[:, None, :]
     seasonal = amp[:, None, :] * (np.sin(tod + ph) + 0.3 * np.sin(2 * (tod + ph)))  # (d, t, c)
-    rho = rho.reshape(1, d, 1)  # time-major below: each AR step touches one contiguous (d, c) slab
+    # Time-major (t, d, c): each AR step below touches one contiguous (d, c) slab.
     shocks = np.sqrt(rho) * rng.standard_normal((t, d, 1)) + np.sqrt(1 - rho) * rng.standard_normal((t, d, c))
     phi, gain = 0.8, np.sqrt(1 - 0.8**2)
     for k in range(1, t):  # (t, d, c) unit-variance AR(1) along t, in place
@@ -219,7 +216,7 @@ def reading_messages(
 class ProduceStats:
     messages: int
     readings: int
-    elapsed_s: float
+    elapsed_s: float  # wall time from the first send to the end of flush
 
 
 def produce(
@@ -230,10 +227,7 @@ def produce(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ProduceStats:
-    """Send every message, at most `rate` readings/s (0: as fast as possible), then flush.
-
-    Raises `BrokerError` if any record failed, naming the first error.
-    """
+    """Send all, at most `rate` readings/s (0: no limit), flush; `BrokerError` if any record failed."""
     from streamer.errors import BrokerError
 
     errors: list[BaseException] = []
@@ -297,11 +291,9 @@ def run(args: argparse.Namespace) -> int:
         stats = produce(producer, args.topic, reading_messages(fleet, batch), args.rate)
     finally:
         producer.close()
-    print(
-        f"produced {stats.readings} readings in {stats.messages} messages to {args.topic} in "
-        f"{stats.elapsed_s:.1f} s ({stats.readings / max(stats.elapsed_s, 1e-9):.0f} readings/s); "
-        f"{len(fleet.faults)} faults on {len(fleet.device_ids) - len(fleet.fault_free_devices)} devices"
-        + (f", truth in {args.truth}" if args.truth else ""),
-        flush=True,
-    )
+    faulty = len(fleet.device_ids) - len(fleet.fault_free_devices)
+    truth = f", truth in {args.truth}" if args.truth else ""
+    print(f"produced {stats.readings} readings in {stats.messages} messages to {args.topic} in "
+          f"{stats.elapsed_s:.1f} s ({stats.readings / max(stats.elapsed_s, 1e-9):.0f} readings/s); "
+          f"{len(fleet.faults)} faults on {faulty} devices{truth}")
     return 0
