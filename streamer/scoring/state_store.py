@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.normaliser import DAY_BINS
 from streamer.errors import StateError
 
 
@@ -40,6 +41,8 @@ ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "norm_mean": (torch.float64, 1),
     "norm_var": (torch.float64, 1),
     "pred": (torch.float32, 1),
+    "level": (torch.float32, 1),  # short-term level of z (model.normaliser.level_update)
+    "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
 }
 
 CORE_COLUMNS: tuple[Column, ...] = (
@@ -75,6 +78,7 @@ class StateStore:
         self._free_slots: list[int] = []
         self._free_rows: dict[int, list[int]] = {}
         self._rows_used = 0
+        self.live = np.zeros(0, dtype=bool)  # (device_capacity,) True where a slot holds a device
         self.cols: dict[str, np.ndarray] = {}
         self.rows: dict[str, torch.Tensor] = {}
         self._alloc_devices(max(1, initial_devices))
@@ -105,6 +109,7 @@ class StateStore:
             self.cols[col.name] = fresh
         self._ids.extend([None] * (capacity - old))
         self._names.extend([None] * (capacity - old))
+        self.live = np.concatenate([self.live, np.zeros(capacity - old, dtype=bool)])
         self._free_slots.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
 
     def _alloc_rows(self, capacity: int) -> None:
@@ -166,6 +171,7 @@ class StateStore:
         self._slot[device_id] = slot
         self._ids[slot] = device_id
         self._names[slot] = names
+        self.live[slot] = True
         return slot
 
     def _take_rows(self, count: int) -> int:
@@ -188,7 +194,89 @@ class StateStore:
         self._free_rows.setdefault(count, []).append(int(self.cols["row_start"][slot]))
         self._ids[slot] = None
         self._names[slot] = None
+        self.live[slot] = False
         self._free_slots.append(slot)
+
+    # ---- lifecycle: bulk install, idle and least-recently-seen eviction ---------------------------
+    def add_columns(self, columns: Iterable[Column]) -> None:
+        """Declare more per-device columns after construction (existing slots get the fill value)."""
+        fresh = [c for c in columns if c.name not in self.columns]
+        for col in fresh:
+            self.columns[col.name] = col
+            shape = (self.device_capacity,) if col.width == 1 else (self.device_capacity, col.width)
+            self.cols[col.name] = np.full(shape, col.fill, dtype=col.dtype)
+
+    def lookup(self, device_ids: Sequence[str]) -> np.ndarray:
+        """Slots of these devices, -1 where unknown; allocates nothing: (n,) -> (n,) int64."""
+        get = self._slot.get
+        return np.fromiter((get(d, -1) for d in device_ids), dtype=np.int64, count=len(device_ids))
+
+    def install_devices(
+        self, device_ids: Sequence[str], n_channels: np.ndarray, channels: Sequence[tuple[str, ...] | None]
+    ) -> np.ndarray:
+        """Fresh slots for these (distinct) devices, replacing any state they had: (n,) -> slots (n,).
+
+        Columns are at their fill value and rows zeroed, as for a new device; the caller writes the
+        restored values. Vectorised: a million devices cost a few numpy operations per field, not a
+        million `slots_for` calls.
+        """
+        for dev in device_ids:
+            if dev in self._slot:
+                self.evict(dev)
+        n = len(device_ids)
+        if n > len(self._free_slots):
+            self._alloc_devices(max(self.device_capacity * 2, len(self._slot) + n))
+        slots = np.array([self._free_slots.pop() for _ in range(n)], dtype=np.int64)
+        counts = np.asarray(n_channels, dtype=np.int64)
+        if n and counts.min() < 1:
+            raise StateError("a restored device needs at least one channel")
+        starts = np.full(n, -1, dtype=np.int64)  # reuse freed row blocks of the same size first
+        for i, c in enumerate(counts.tolist()):
+            if self._free_rows.get(c):
+                starts[i] = self._free_rows[c].pop()
+        new = starts < 0
+        total = int(counts[new].sum())
+        if self._rows_used + total > self.row_capacity:
+            self._alloc_rows(max(self.row_capacity * 2, self._rows_used + total))
+        starts[new] = self._rows_used + np.cumsum(counts[new]) - counts[new]
+        self._rows_used += total
+        for col in self.columns.values():
+            self.cols[col.name][slots] = col.fill
+        self.cols["row_start"][slots] = starts
+        self.cols["n_channels"][slots] = counts
+        rows = torch.from_numpy(self.rows_of(slots)[0]).to(self.device)
+        for tensor in self.rows.values():
+            tensor[rows] = 0
+        for dev, slot, names in zip(device_ids, slots.tolist(), channels, strict=True):
+            self._slot[dev] = slot
+            self._ids[slot] = dev
+            self._names[slot] = names
+        self.live[slots] = True
+        return slots
+
+    def evict_idle(self, now: float, ttl_s: float) -> list[str]:
+        """Evict every device not seen for more than `ttl_s` seconds; return their ids."""
+        idle = np.flatnonzero(self.live & (self.cols["last_seen"] < now - ttl_s))
+        return self._evict_slots(idle)
+
+    def evict_lru(self, count: int, protect: np.ndarray | None = None) -> list[str]:
+        """Evict the `count` least recently seen devices, never a slot in `protect`; return their ids."""
+        candidates = self.live.copy()
+        if protect is not None and len(protect):
+            candidates[protect[protect >= 0]] = False
+        slots = np.flatnonzero(candidates)
+        if count <= 0 or len(slots) == 0:
+            return []
+        if count < len(slots):
+            seen = self.cols["last_seen"][slots]
+            slots = slots[np.argpartition(seen, count - 1)[:count]]
+        return self._evict_slots(slots)
+
+    def _evict_slots(self, slots: np.ndarray) -> list[str]:
+        ids = [self._ids[s] for s in slots.tolist()]
+        for dev in ids:
+            self.evict(dev)  # type: ignore[arg-type]
+        return ids  # type: ignore[return-value]
 
     # ---- rows -----------------------------------------------------------------------------------
     def rows_of(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
