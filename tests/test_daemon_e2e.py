@@ -92,7 +92,8 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]
 
     from streamer.kafka.client_config import producer_throughput_kwargs
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **producer_throughput_kwargs())
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024,
+                             **producer_throughput_kwargs())
     errors: list[BaseException] = []
     for key, value in records:
         producer.send(topic, key=key, value=value).add_errback(errors.append)
@@ -191,6 +192,11 @@ def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, un
         wait_for(lambda: daemon.accounting.totals["consumed"] >= total, 60, "every record consumed")
         port = daemon.health.port
         wait_for(lambda: scrape(port).get("rnnwatch_readings_consumed_total") == total, 10, "the counter")
+
+        def lags() -> dict[str, float]:
+            return {k: v for k, v in scrape(port).items() if k.startswith("rnnwatch_consumer_lag_messages")}
+
+        wait_for(lambda: len(lags()) == 2 and not any(lags().values()), 10, "lag 0 on both partitions")
         metrics = scrape(port)
         assert daemon.readiness()[0], daemon.readiness()
 
@@ -220,6 +226,7 @@ def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, un
     assert metrics["rnnwatch_devices_tracked"] == n_devices
     assert metrics["rnnwatch_ready"] == 1.0
     assert metrics["rnnwatch_commit_failures_total"] == 0
+    assert metrics["rnnwatch_loop_heartbeat_timestamp_seconds"] > time.time() - 60
 
 
 # ---- (b) alert quality on a simulated fleet ----------------------------------------------------------

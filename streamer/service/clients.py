@@ -34,7 +34,9 @@ def make_producer(settings: Settings) -> Any:
     """The output producer: acks=all, idempotent (kafka-python's default), big batches.
 
     `delivery_timeout_ms` stays within `publish_timeout_s`, so a record the broker never takes fails
-    its future before the daemon's confirmation deadline instead of lingering.
+    its future before the daemon's confirmation deadline instead of lingering. `max_request_size`
+    leaves room for a dead letter of a message just over `max_message_bytes` plus its headers (a
+    bigger one is truncated by the publisher).
     """
     from kafka import KafkaProducer
 
@@ -47,4 +49,5 @@ def make_producer(settings: Settings) -> Any:
         request_timeout_ms=request_ms,
         delivery_timeout_ms=max(timeout_ms, request_ms + 100),
         max_block_ms=timeout_ms,
+        max_request_size=max(2 * settings.max_message_bytes, 1024 * 1024),
     ))
