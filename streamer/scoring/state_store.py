@@ -254,29 +254,30 @@ class StateStore:
         self.live[slots] = True
         return slots
 
-    def evict_idle(self, now: float, ttl_s: float) -> list[str]:
-        """Evict every device not seen for more than `ttl_s` seconds; return their ids."""
-        idle = np.flatnonzero(self.live & (self.cols["last_seen"] < now - ttl_s))
-        return self._evict_slots(idle)
+    def idle_slots(self, now: float, ttl_s: float) -> np.ndarray:
+        """Slots of the devices not seen for more than `ttl_s` seconds (to pass to `evict_slots`)."""
+        return np.flatnonzero(self.live & (self.cols["last_seen"] < now - ttl_s))
 
-    def evict_lru(self, count: int, protect: np.ndarray | None = None) -> list[str]:
-        """Evict the `count` least recently seen devices, never a slot in `protect`; return their ids."""
+    def lru_slots(self, count: int, protect: np.ndarray | None = None) -> np.ndarray:
+        """Slots of the `count` least recently seen devices, never one in `protect` (-1 entries ignored)."""
         candidates = self.live.copy()
         if protect is not None and len(protect):
             candidates[protect[protect >= 0]] = False
         slots = np.flatnonzero(candidates)
         if count <= 0 or len(slots) == 0:
-            return []
+            return slots[:0]
         if count < len(slots):
-            seen = self.cols["last_seen"][slots]
-            slots = slots[np.argpartition(seen, count - 1)[:count]]
-        return self._evict_slots(slots)
+            slots = slots[np.argpartition(self.cols["last_seen"][slots], count - 1)[:count]]
+        return slots
 
-    def _evict_slots(self, slots: np.ndarray) -> list[str]:
-        ids = [self._ids[s] for s in slots.tolist()]
+    def evict_slots(self, slots: np.ndarray) -> list[str]:
+        """Evict the devices in these slots; return their ids. Their column values stay readable until the
+        slots are reused."""
+        ids = [self._ids[s] for s in np.asarray(slots).tolist()]
         for dev in ids:
-            self.evict(dev)  # type: ignore[arg-type]
-        return ids  # type: ignore[return-value]
+            if dev is not None:
+                self.evict(dev)
+        return [dev for dev in ids if dev is not None]
 
     # ---- rows -----------------------------------------------------------------------------------
     def rows_of(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
