@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     metrics_port = args.metrics_port if not port_open("127.0.0.1", args.metrics_port) else free_port()
-    fleet = generate_fleet(n_devices=args.devices, n_channels=args.channels, n_steps=args.steps, seed=args.seed)
+    fleet = generate_fleet(n_devices=args.devices, n_channels=args.channels, n_steps=args.steps,
+                           seed=args.seed)
     with EmbeddedBroker(log_path=args.workdir / "broker.log") as broker:
         bootstrap = broker.bootstrap_servers
         print(f"broker      : {bootstrap} (embedded tansu)")
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             _wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", daemon, timeout_s=90)
             watcher = AlertWatcher(bootstrap, "sensor.alerts", fleet, period_s=60.0)
             watcher.start()
-            print(f"simulator   : {args.devices} devices x {args.channels} channels, {len(fleet.faults)} injected "
-                  f"faults, {args.rate:.0f} readings/s\n", flush=True)
+            print(f"simulator   : {args.devices} devices x {args.channels} channels, "
+                  f"{len(fleet.faults)} injected faults, {args.rate:.0f} readings/s\n", flush=True)
             started = time.monotonic()
             producer = KafkaProducer(**producer_kwargs(KafkaClientSettings(bootstrap_servers=bootstrap),
                                                        **producer_throughput_kwargs()))
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(fleet: Fleet, watcher: AlertWatcher, readings: int, started: float) -> None:
     false_alerts = sum(1 for a in watcher.firing if _match(fleet, a["device_id"], a["ts"], 60.0) is None)
     first = f"{watcher.first_alert_at - started:.0f} s" if watcher.first_alert_at else "never"
-    print(f"\nsummary     : {readings} readings; {len(watcher.caught)}/{len(fleet.faults)} injected faults caught; "
-          f"{len(watcher.firing)} alert episodes, {false_alerts} without a fault; first alert after {first}")
+    caught = f"{len(watcher.caught)}/{len(fleet.faults)}"
+    print(f"\nsummary     : {readings} readings; {caught} injected faults caught; {len(watcher.firing)} "
+          f"alert episodes, {false_alerts} without a fault; first alert after {first}")
 
 
 if __name__ == "__main__":
