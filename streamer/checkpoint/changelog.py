@@ -1,0 +1,212 @@
+"""The state changelog topic: write a partition's device states and tombstones, read a partition back.
+
+Partition p of the changelog holds the states of the devices read from partition p of the readings
+topic (so the changelog has at least as many partitions), key = device id, value = `state_codec`
+bytes, or None (a tombstone) for a device that was evicted. The topic is created `cleanup.policy=
+compact`; nothing here relies on compaction having run (the embedded broker never runs it): a reader
+keeps, per device, the record that covers the most readings (see `restore`).
+
+Writes are acknowledged before they count: `ChangelogWriter.write` sends in chunks, waits for every
+acknowledgement, and on a failure closes the producer, builds a new one from the factory and sends the
+failed records again (an idempotent kafka-python producer never recovers from a broker that lost its
+producer ids). If that still fails it raises `CheckpointError`; the caller keeps the devices dirty and
+does not commit, so nothing is lost, only retried at the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from streamer.errors import BrokerError
+from streamer.kafka.admin import TopicSpec, ensure_topics, partition_count
+from streamer.kafka.client_config import KafkaClientSettings
+
+log = logging.getLogger(__name__)
+
+Record = tuple[int, str, bytes | None]  # (partition, device id, value or None for a tombstone)
+COMPACT = {"cleanup.policy": "compact"}
+
+
+class CheckpointError(BrokerError):
+    """State records were not acknowledged; offsets stay uncommitted and the states dirty."""
+
+
+def ensure_state_topic(kafka: KafkaClientSettings, state_topic: str, readings_topic: str,
+                       *, create: bool = True) -> int:
+    """Make sure the changelog has (at least) the readings topic's partition count; return that count."""
+    wanted = partition_count(kafka, readings_topic)
+    if create:
+        have = ensure_topics(kafka, [TopicSpec(state_topic, wanted, COMPACT)])[state_topic]
+    else:
+        have = partition_count(kafka, state_topic)
+    if have < wanted:
+        raise BrokerError(f"state topic {state_topic} has {have} partitions but {readings_topic} has "
+                          f"{wanted}; add partitions to it or point RNNWATCH_STATE_TOPIC at a new topic")
+    return wanted
+
+
+class ChangelogWriter:
+    """Sends state records through one producer (from `producer_factory`) and confirms them."""
+
+    def __init__(self, producer_factory: Callable[[], Any], topic: str, *, chunk: int = 20_000,
+                 max_attempts: int = 3, on_recreate: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._factory = producer_factory
+        self._producer: Any = None
+        self.topic = topic
+        self.chunk = chunk
+        self.max_attempts = max_attempts
+        self._on_recreate = on_recreate
+        self._clock = clock
+        self.recreated = 0
+        self.bytes_written = 0
+        self.records_written = 0
+
+    def write(self, records: Iterable[Record], timeout_s: float = 30.0) -> int:
+        """Send every record and wait until all are acknowledged; `CheckpointError` otherwise."""
+        deadline = self._clock() + timeout_s
+        total = 0
+        for chunk in _chunks(records, self.chunk):
+            self._write_chunk(chunk, deadline)
+            total += len(chunk)
+        return total
+
+    def _write_chunk(self, chunk: list[Record], deadline: float) -> None:
+        pending = chunk
+        for attempt in range(1, self.max_attempts + 1):
+            futures = [self._send(record) for record in pending]
+            self._flush(deadline)
+            failed = [(record, f) for record, f in zip(pending, futures, strict=True) if not _acked(f)]
+            if not failed:
+                self.records_written += len(pending)
+                self.bytes_written += sum(len(r[1]) + len(r[2] or b"") for r in pending)
+                return
+            cause = _cause(failed[0][1])
+            if attempt == self.max_attempts or self._clock() >= deadline:
+                raise CheckpointError(f"{len(failed)} state records to {self.topic} not acknowledged "
+                                      f"({cause}); the devices stay dirty and will be written again")
+            log.warning("%d state records not acknowledged (%s); recreating the producer (attempt %d/%d)",
+                        len(failed), cause, attempt + 1, self.max_attempts)
+            self._recreate()
+            pending = [record for record, _ in failed]
+
+    def _send(self, record: Record) -> Any:
+        partition, key, value = record
+        try:
+            if self._producer is None:
+                self._producer = self._factory()
+            return self._producer.send(self.topic, key=key.encode(), value=value, partition=partition)
+        except Exception as exc:  # send() raises for a closed or broken producer: resend it later
+            return _Failed(exc)
+
+    def _flush(self, deadline: float) -> None:
+        if self._producer is None:
+            return
+        try:
+            self._producer.flush(timeout=max(deadline - self._clock(), 0.001))
+        except Exception as exc:  # a timeout: the futures say which records are missing
+            log.debug("state producer flush: %s", exc)
+
+    def _recreate(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            try:
+                old.close(timeout=0)
+            except Exception as exc:  # a broken producer may fail to close; the new one is what matters
+                log.debug("closing the old state producer: %s", exc)
+        self.recreated += 1
+        self._on_recreate()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=timeout_s)
+            except Exception as exc:
+                log.warning("closing the state producer: %s", exc)
+            self._producer = None
+
+
+class _Failed:
+    """Stands in for the future of a send() that raised."""
+
+    is_done = True
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+
+
+def _acked(future: Any) -> bool:
+    return bool(future.is_done) and future.exception is None
+
+
+def _cause(future: Any) -> str:
+    if not future.is_done:
+        return "no acknowledgement before the deadline"
+    return f"{type(future.exception).__name__}: {future.exception}"
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ChangelogReader:
+    """Reads changelog partitions from their beginning to their end (as of the start of the read)."""
+
+    def __init__(self, consumer_factory: Callable[[], Any], topic: str) -> None:
+        self._factory = consumer_factory
+        self.topic = topic
+
+    def read(self, partitions: Iterable[int], on_records: Callable[[list[Any]], None], *,
+             on_progress: Callable[[int, int], None] = lambda done, total: None,
+             stall_timeout_s: float = 30.0, poll_ms: int = 200) -> int:
+        """Feed every record of `partitions` (each partition in offset order) to `on_records` in chunks.
+
+        `on_progress(done, total)` counts records. Raises `BrokerError` when no record arrives for
+        `stall_timeout_s` while some are still missing (broker gone); the caller retries later.
+        """
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
+        if not tps:
+            return 0
+        consumer = self._factory()
+        try:
+            consumer.assign(tps)
+            start = consumer.beginning_offsets(tps)
+            end = consumer.end_offsets(tps)
+            left = {tp for tp in tps if end[tp] > start[tp]}
+            total = sum(end[tp] - start[tp] for tp in tps)
+            done = 0
+            on_progress(done, total)
+            if left:
+                consumer.seek_to_beginning(*left)
+            last_progress = time.monotonic()
+            while left:
+                polled = consumer.poll(timeout_ms=poll_ms)
+                for tp, batch in polled.items():
+                    batch = [r for r in batch if r.offset < end[tp]]
+                    if batch:
+                        on_records(batch)
+                        done += len(batch)
+                        last_progress = time.monotonic()
+                left = {tp for tp in left if consumer.position(tp) < end[tp]}
+                on_progress(done, total)
+                if left and time.monotonic() - last_progress > stall_timeout_s:
+                    raise BrokerError(f"state topic {self.topic}: no records for {stall_timeout_s:g} s with "
+                                      f"{total - done} still to read; check KAFKA_BOOTSTRAP_SERVERS")
+            return done
+        finally:
+            try:
+                consumer.close(autocommit=False)
+            except Exception as exc:
+                log.debug("closing the restore consumer: %s", exc)

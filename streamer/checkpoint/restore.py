@@ -1,0 +1,175 @@
+"""Restore: on assignment, read the partitions' changelog to its end and install every device's state.
+
+Which record wins, per device, reading the partition in offset order:
+- a tombstone removes the device (it was evicted);
+- a state replaces the one held unless the held one covers *more* readings (a larger
+  `source_offset`); on a tie the later record wins. Without compaction the log holds every
+  checkpoint of a device, and a member that lost its partition may still write a stale state after
+  the new owner wrote a fresh one; the offset rule keeps the fresh one either way.
+
+Records are installed chunk by chunk as they arrive, so a restore needs no memory beyond the store.
+
+Model version mismatch (documented policy): a state written by another model version is not applied
+blindly. The device *re-enters warm-up*: its recurrent rows (hidden state, forecast, and every other
+row field) and every per-device column (calibration, alert state, step count, and any column added
+later) are reset to a new device's values; kept are what describes the sensor or the stream rather
+than the model: channel names, last event time, last applied offset (so replayed readings are still
+skipped: their scores were published) and the normaliser's per-channel statistics. Its first
+`warmup` readings then score 0, as for a new device. A record written under another state schema
+(its payload layout differs) keeps only its header, normaliser included in the reset. Both are
+counted in `rnnwatch_state_version_mismatch_total`, and the reset state is written at the next
+checkpoint so that the next restore does not repeat it. An alert that was firing under the old model
+is not resolved by an event: the new model's first episode starts afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamer.checkpoint.changelog import ChangelogReader
+from streamer.checkpoint.state_codec import StateRecord, StateSchema, decode_state, install_states
+from streamer.errors import StateError
+from streamer.scoring.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+KEEP_COLUMNS = frozenset({"row_start", "n_channels", "last_ts", "last_seen", "source_offset"})
+NORMALISER_ROWS = frozenset({"norm_count", "norm_mean", "norm_var"})
+_MISSING = object()
+Installed = Callable[[np.ndarray, int, np.ndarray], None]  # (slots, partition, re-entered warm-up mask)
+
+
+def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.ndarray | bool = True) -> None:
+    """Reset these devices to a new device's state except channels, event time, offset, normaliser."""
+    if len(slots) == 0:
+        return
+    for col in store.columns.values():
+        if col.name not in KEEP_COLUMNS and not col.name.startswith("ckpt_"):
+            store.cols[col.name][slots] = col.fill
+    keep = np.broadcast_to(np.asarray(keep_normaliser, dtype=bool), slots.shape)
+    for part, names in ((slots[keep], set(store.rows) - NORMALISER_ROWS), (slots[~keep], set(store.rows))):
+        if len(part):
+            rows = torch.from_numpy(store.rows_of(part)[0]).to(store.device)
+            for name in names:
+                store.rows[name][rows] = 0
+
+
+class Restorer:
+    """Restores requested partitions into `store` on the caller's thread (the daemon's main loop)."""
+
+    def __init__(self, store: StateStore, reader: ChangelogReader, model_version: str, *,
+                 metrics: Any = None, stall_timeout_s: float = 30.0,
+                 on_installed: Installed = lambda slots, partition, stale: None) -> None:
+        self.store = store
+        self.reader = reader
+        self.model_version = model_version
+        self._metrics = metrics
+        self.stall_timeout_s = stall_timeout_s
+        self._on_installed = on_installed
+        self.pending: set[int] = set()
+        self.last: dict[str, float] = {}  # figures of the latest restore, for logs, tests and the bench
+
+    def request(self, partitions: Iterable[int]) -> None:
+        self.pending |= set(partitions)
+        if self.pending and self._metrics is not None:
+            self._metrics.restore_progress.set(0.0)
+
+    def cancel(self, partitions: Iterable[int]) -> None:
+        self.pending -= set(partitions)
+        if not self.pending:
+            self._progress(1, 1)
+
+    def restore(self) -> int:
+        """Restore every pending partition; return devices installed. `BrokerError` leaves them pending."""
+        parts = sorted(self.pending)
+        if not parts:
+            return 0
+        log.info("restoring device state of partitions %s from %s", parts, self.reader.topic)
+        started = time.perf_counter()
+        run = _Run(self.store, StateSchema.of(self.store), self.model_version, self._on_installed)
+        records = self.reader.read(parts, run.add, on_progress=self._progress,
+                                   stall_timeout_s=self.stall_timeout_s)
+        elapsed = time.perf_counter() - started
+        self.pending -= set(parts)
+        self._progress(1, 1)
+        self.last = {"partitions": len(parts), "records": records, "devices": run.installed,
+                     "mismatched": run.mismatched, "invalid": run.invalid, "seconds": elapsed}
+        m = self._metrics
+        if m is not None:
+            m.restored_devices.inc(run.installed)
+            m.state_version_mismatch.inc(run.mismatched)
+            m.restore_duration.observe(elapsed)
+        log.info("restored %d devices of partitions %s in %.2f s (%d records read, %d re-entered warm-up "
+                 "after a model or schema change, %d invalid records skipped)", run.installed, parts,
+                 elapsed, records, run.mismatched, run.invalid, extra=self.last)
+        return run.installed
+
+    def _progress(self, done: int, total: int) -> None:
+        if self._metrics is not None:
+            self._metrics.restore_progress.set(done / total if total else 1.0)
+
+
+class _Run:
+    """One restore: applies chunks of changelog records to the store as they arrive."""
+
+    def __init__(self, store: StateStore, schema: StateSchema, model_version: str,
+                 on_installed: Installed) -> None:
+        self.store, self.schema, self.model_version = store, schema, model_version
+        self._on_installed = on_installed
+        self.installed = self.mismatched = self.invalid = 0
+
+    def add(self, records: list[Any]) -> None:
+        """Records of one partition, in offset order (kafka-python ConsumerRecords)."""
+        winners: dict[str, Any] = {}
+        for record in records:
+            self._choose(record, winners)
+        store = self.store
+        gone = [device for device, rec in winners.items() if rec is None and device in store]
+        store.evict_slots(np.array([store.slot(d) for d in gone], dtype=np.int64))
+        states: list[StateRecord] = [rec for rec in winners.values() if rec is not None]
+        if not states:
+            return
+        slots, known = install_states(store, states, self.schema)
+        versions = np.array([rec.model_version == self.model_version for rec in states])
+        stale = ~known | ~versions
+        reenter_warmup(store, slots[stale], keep_normaliser=known[stale])
+        self._on_installed(slots, int(records[0].partition), stale)
+        self.installed += len(states)
+        self.mismatched += int(stale.sum())
+
+    def _choose(self, record: Any, winners: dict[str, Any]) -> None:
+        if record.key is None:
+            self._invalid(record, "it has no key")
+            return
+        device = record.key.decode(errors="replace")
+        if record.value is None:
+            winners[device] = None
+            return
+        try:
+            state = decode_state(record.value)
+        except StateError as exc:
+            self._invalid(record, str(exc))
+            return
+        if state.device_id != device:
+            self._invalid(record, f"its key {device!r} names another device than its value")
+            return
+        held = winners.get(device, _MISSING)
+        if held is _MISSING:
+            slot = self.store.slot(device)
+            held_offset = int(self.store.cols["source_offset"][slot]) if slot is not None else None
+        else:
+            held_offset = held.source_offset if held is not None else None
+        if held_offset is None or state.source_offset >= held_offset:
+            winners[device] = state
+
+    def _invalid(self, record: Any, why: str) -> None:
+        self.invalid += 1
+        if self.invalid <= 5:
+            log.warning("state record %s/%d@%d skipped: %s", record.topic, record.partition, record.offset,
+                        why)

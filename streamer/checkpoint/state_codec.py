@@ -1,0 +1,243 @@
+"""One device's complete state <-> compact bytes: the value of a changelog record.
+
+Layout (little-endian), format 1:
+
+    "RWS" | format u8 | flags u8 | n_channels u16 | schema u32 | source_offset i64 | last_ts f64
+    | payload_len u32 | device_id (u16 len + UTF-8) | model_version (u16 len + UTF-8)
+    | channel names (flags bit 0: n_channels x (u16 len + UTF-8); else positional) | payload | crc32 u32
+
+The payload is every `ROW_FIELDS` row of the device's channels and every store column, packed in the
+order of a `StateSchema`, which is derived from the store itself (so a field another component adds
+is carried without this module knowing it). `schema` is the crc32 of the schema's text: a record
+written under another schema (a field added, a dtype changed, another state size) still yields its
+header (device, channels, offset, last timestamp) but not its payload (`StateRecord.payload_known`).
+
+Not serialised: `row_start` (where the slab put the rows: local to a process) and columns named
+`ckpt_*` (the checkpointer's bookkeeping). `n_channels`, `source_offset` and `last_ts` travel in the
+header, because restore reads them without the payload.
+
+    >>> import numpy as np
+    >>> from streamer.scoring.state_store import StateStore
+    >>> store = StateStore(state_size=2)
+    >>> slots, _ = store.slots_for(["pump-1"], np.array([2]), [("rpm", "temp")])
+    >>> value = encode_states(store, slots, "v1")[0]
+    >>> record = decode_state(value)
+    >>> record.device_id, record.channels, record.model_version, record.source_offset
+    ('pump-1', ('rpm', 'temp'), 'v1', -1)
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from streamer.errors import StateError
+from streamer.scoring.state_store import ROW_FIELDS, StateStore
+
+FORMAT = 1
+MAGIC = b"RWS"
+HEADER_COLUMNS = ("n_channels", "source_offset", "last_ts")
+LOCAL_COLUMNS = ("row_start",)
+BOOKKEEPING_PREFIX = "ckpt_"
+_POSITIONAL = 0
+_NAMED = 1
+_HEAD = struct.Struct("<3sBBHIqdI")
+_LEN = struct.Struct("<H")
+_CRC = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class StateSchema:
+    """The payload layout: (name, little-endian dtype, width) of every row field and column."""
+
+    rows: tuple[tuple[str, str, int], ...]
+    cols: tuple[tuple[str, str, int], ...]
+
+    @classmethod
+    def of(cls, store: StateStore) -> StateSchema:
+        rows = tuple((name, _le(torch.empty(0, dtype=dt).numpy().dtype), w or store.state_size)
+                     for name, (dt, w) in ROW_FIELDS.items())
+        skip = (*HEADER_COLUMNS, *LOCAL_COLUMNS)
+        cols = tuple((c.name, _le(np.dtype(c.dtype)), c.width) for c in store.columns.values()
+                     if c.name not in skip and not c.name.startswith(BOOKKEEPING_PREFIX))
+        return cls(rows, cols)
+
+    @property
+    def text(self) -> str:
+        return ";".join(f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols))
+                        for n, d, w in part)
+
+    @property
+    def fingerprint(self) -> int:
+        return zlib.crc32(self.text.encode())
+
+    def dtype(self, n_channels: int) -> np.dtype:
+        """Structured dtype of one payload: rows (n_channels, width) then columns (width,)."""
+        return _payload_dtype(self, n_channels)
+
+
+@lru_cache(maxsize=256)
+def _payload_dtype(schema: StateSchema, n_channels: int) -> np.dtype:
+    fields = [(f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
+    fields += [(f"c:{n}", d, (w,)) if w > 1 else (f"c:{n}", d) for n, d, w in schema.cols]
+    return np.dtype(fields)
+
+
+def _le(dtype: np.dtype) -> str:
+    return dtype.newbyteorder("<").str if dtype.itemsize > 1 else dtype.str
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """A decoded changelog value. `payload` is raw bytes in the layout of schema `schema`."""
+
+    device_id: str
+    model_version: str
+    channels: tuple[str, ...] | None
+    n_channels: int
+    source_offset: int
+    last_ts: float
+    schema: int
+    payload: bytes = field(repr=False)
+
+    def payload_known(self, schema: StateSchema) -> bool:
+        return self.schema == schema.fingerprint
+
+
+# ---- encode ---------------------------------------------------------------------------------------
+def encode_states(store: StateStore, slots: np.ndarray, model_version: str,
+                  schema: StateSchema | None = None) -> list[bytes]:
+    """One value per slot (same order), for devices held in `store`."""
+    schema = schema or StateSchema.of(store)
+    slots = np.asarray(slots, dtype=np.int64)
+    out: list[bytes] = [b""] * len(slots)
+    counts = store.cols["n_channels"][slots].astype(np.int64)
+    version = _text(model_version, "model version")
+    fingerprint = schema.fingerprint
+    for c in np.unique(counts).tolist():
+        where = np.flatnonzero(counts == c)
+        payloads = _pack(store, schema, slots[where], c)
+        size = schema.dtype(c).itemsize
+        for j, i in enumerate(where.tolist()):
+            slot = int(slots[i])
+            out[i] = _frame(store, slot, c, fingerprint, version, payloads[j * size:(j + 1) * size])
+    return out
+
+
+def _pack(store: StateStore, schema: StateSchema, slots: np.ndarray, c: int) -> bytes:
+    """Payloads of devices with c channels, concatenated: (m,) slots -> m * itemsize bytes."""
+    packed = np.empty(len(slots), dtype=schema.dtype(c))
+    rows = store.rows_of(slots)[0]
+    rows_t = torch.from_numpy(rows).to(store.device)
+    for name, _, _ in schema.rows:
+        values = store.rows[name][rows_t].cpu().numpy()  # (m * c, w) or (m * c,)
+        packed[f"r:{name}"] = values.reshape(packed[f"r:{name}"].shape)
+    for name, _, _ in schema.cols:
+        packed[f"c:{name}"] = store.cols[name][slots]
+    return packed.tobytes()
+
+
+def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: bytes, payload: bytes) -> bytes:
+    names = store.channel_names(slot)
+    flags = _NAMED if names is not None else _POSITIONAL
+    head = _HEAD.pack(MAGIC, FORMAT, flags, c, fingerprint, int(store.cols["source_offset"][slot]),
+                      float(store.cols["last_ts"][slot]), len(payload))
+    parts = [head, _text(store.device_id(slot) or "", "device id"), version]
+    if names is not None:
+        parts.extend(_text(name, "channel name") for name in names)
+    parts.append(payload)
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _text(value: str, what: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 0xFFFF:
+        raise StateError(f"{what} of {len(raw)} bytes cannot be checkpointed (64 KiB at most)")
+    return _LEN.pack(len(raw)) + raw
+
+
+# ---- decode ---------------------------------------------------------------------------------------
+def decode_state(value: bytes) -> StateRecord:
+    """Parse and check one changelog value; `StateError` (saying what is wrong) for anything else."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise StateError(f"state record must be bytes, got {type(value).__name__}")
+    value = bytes(value)
+    if len(value) < _HEAD.size + _CRC.size or value[:3] != MAGIC:
+        raise StateError("not an rnnwatch state record (bad magic or too short)")
+    if _CRC.unpack_from(value, len(value) - 4)[0] != zlib.crc32(memoryview(value)[:-4]):
+        raise StateError("state record checksum mismatch: the record is corrupt")
+    _, fmt, flags, c, schema, offset, last_ts, size = _HEAD.unpack_from(value)
+    if fmt != FORMAT:
+        raise StateError(f"state record format {fmt} is not supported (this build reads {FORMAT})")
+    if flags not in (_POSITIONAL, _NAMED) or c < 1:
+        raise StateError(f"state record header is invalid (flags {flags}, {c} channels)")
+    pos = _HEAD.size
+    device_id, pos = _read_text(value, pos)
+    version, pos = _read_text(value, pos)
+    names: tuple[str, ...] | None = None
+    if flags == _NAMED:
+        parts = []
+        for _ in range(c):
+            name, pos = _read_text(value, pos)
+            parts.append(name)
+        names = tuple(parts)
+    if pos + size != len(value) - 4:
+        raise StateError(f"state record of device {device_id!r} has {len(value) - 4 - pos} payload bytes, "
+                         f"its header says {size}")
+    return StateRecord(device_id, version, names, c, offset, last_ts, schema, value[pos:pos + size])
+
+
+def _read_text(value: bytes, pos: int) -> tuple[str, int]:
+    if pos + 2 > len(value):
+        raise StateError("state record is truncated")
+    (n,) = _LEN.unpack_from(value, pos)
+    end = pos + 2 + n
+    if end > len(value):
+        raise StateError("state record is truncated")
+    try:
+        return value[pos + 2:end].decode(), end
+    except UnicodeDecodeError as exc:
+        raise StateError(f"state record holds invalid UTF-8: {exc}") from None
+
+
+# ---- install --------------------------------------------------------------------------------------
+def install_states(store: StateStore, records: Sequence[StateRecord],
+                   schema: StateSchema | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Put these records' states into `store` (replacing what it held for those devices).
+
+    Returns (slots (n,), known (n,) bool): where `known` is False the record's payload was written
+    under another schema, so only its header was installed (the rest is a new device's state).
+    Device ids must be distinct.
+    """
+    schema = schema or StateSchema.of(store)
+    n = len(records)
+    counts = np.fromiter((r.n_channels for r in records), dtype=np.int64, count=n)
+    slots = store.install_devices([r.device_id for r in records], counts, [r.channels for r in records])
+    store.cols["source_offset"][slots] = np.fromiter((r.source_offset for r in records), np.int64, n)
+    store.cols["last_ts"][slots] = np.fromiter((r.last_ts for r in records), np.float64, n)
+    known = np.fromiter((r.payload_known(schema) for r in records), dtype=bool, count=n)
+    for c in np.unique(counts[known]).tolist():
+        where = np.flatnonzero(known & (counts == c))
+        dtype = schema.dtype(c)
+        if any(len(records[i].payload) != dtype.itemsize for i in where.tolist()):
+            raise StateError(f"a state record with {c} channels does not hold {dtype.itemsize} payload bytes")
+        joined = bytearray(b"".join(records[i].payload for i in where.tolist()))  # writable for torch
+        _unpack(store, schema, slots[where], np.frombuffer(joined, dtype))
+    return slots, known
+
+
+def _unpack(store: StateStore, schema: StateSchema, slots: np.ndarray, packed: np.ndarray) -> None:
+    rows_t = torch.from_numpy(store.rows_of(slots)[0]).to(store.device)
+    for name, _, _ in schema.rows:
+        target = store.rows[name]
+        values = packed[f"r:{name}"].reshape((-1, *target.shape[1:]))  # (m * c, ...)
+        target[rows_t] = torch.from_numpy(np.ascontiguousarray(values)).to(target.device, target.dtype)
+    for name, _, _ in schema.cols:
+        store.cols[name][slots] = packed[f"c:{name}"]
