@@ -21,7 +21,8 @@ def _batches(n_devices: int, steps: int, seed: int = 0) -> list[ReadingBatch]:
     ids = [f"d{i}" for i in range(n_devices)]
     out = []
     for t in range(steps):
-        values = np.sin(t / 9 + np.arange(n_devices)[:, None] + np.arange(3)) + rng.normal(0, .1, (n_devices, 3))
+        phase = np.arange(n_devices)[:, None] + np.arange(3)
+        values = np.sin(t / 9 + phase) + rng.normal(0, .1, (n_devices, 3))
         out.append(ReadingBatch.from_rows(ids, [60.0 * t] * n_devices, values.tolist()))
     return out
 
