@@ -22,7 +22,7 @@ from typing import Any
 
 from streamer.errors import BrokerError
 from streamer.kafka.admin import TopicSpec, ensure_topics, partition_count
-from streamer.kafka.client_config import KafkaClientSettings
+from streamer.kafka.client_config import KafkaClientSettings, consumer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,32 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
+def _caught_up(consumer: Any, tp: Any, listed_end: int) -> bool:
+    """Read to the end: past the listed end offset *and* the high watermark of the latest fetch.
+
+    Both, because the embedded broker's ListOffsets answers the last batch's base offset + 1 rather
+    than the log end when the last batch holds several records; fetch responses carry the true one.
+    """
+    position = consumer.position(tp)
+    highwater = consumer.highwater(tp)
+    return position >= listed_end and highwater is not None and position >= highwater
+
+
+def restore_consumer_factory(kafka: KafkaClientSettings) -> Callable[[], Any]:
+    """A group-less consumer for `ChangelogReader`: manual assignment, big fetches, no commits."""
+
+    def make() -> Any:
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(**consumer_kwargs(
+            kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=50_000, max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        ))
+
+    return make
+
+
 class ChangelogReader:
     """Reads changelog partitions from their beginning to their end (as of the start of the read)."""
 
@@ -171,8 +197,10 @@ class ChangelogReader:
              stall_timeout_s: float = 30.0, poll_ms: int = 200) -> int:
         """Feed every record of `partitions` (each partition in offset order) to `on_records` in chunks.
 
-        `on_progress(done, total)` counts records. Raises `BrokerError` when no record arrives for
-        `stall_timeout_s` while some are still missing (broker gone); the caller retries later.
+        Reads to the end as of the read; records written meanwhile may be included. `on_progress(done,
+        total)` counts records (total from the listed end offsets, so an estimate). Raises `BrokerError`
+        when no record arrives for `stall_timeout_s` while some are still missing (broker gone); the
+        caller retries later.
         """
         from kafka import TopicPartition
 
@@ -185,7 +213,7 @@ class ChangelogReader:
             start = consumer.beginning_offsets(tps)
             end = consumer.end_offsets(tps)
             left = {tp for tp in tps if end[tp] > start[tp]}
-            total = sum(end[tp] - start[tp] for tp in tps)
+            total = sum(end[tp] - start[tp] for tp in left)
             done = 0
             on_progress(done, total)
             if left:
@@ -193,17 +221,17 @@ class ChangelogReader:
             last_progress = time.monotonic()
             while left:
                 polled = consumer.poll(timeout_ms=poll_ms)
-                for tp, batch in polled.items():
-                    batch = [r for r in batch if r.offset < end[tp]]
+                for batch in polled.values():
                     if batch:
                         on_records(batch)
                         done += len(batch)
                         last_progress = time.monotonic()
-                left = {tp for tp in left if consumer.position(tp) < end[tp]}
-                on_progress(done, total)
+                left = {tp for tp in left if not _caught_up(consumer, tp, end[tp])}
+                on_progress(min(done, total), total)
                 if left and time.monotonic() - last_progress > stall_timeout_s:
                     raise BrokerError(f"state topic {self.topic}: no records for {stall_timeout_s:g} s with "
-                                      f"{total - done} still to read; check KAFKA_BOOTSTRAP_SERVERS")
+                                      f"partitions {sorted(tp.partition for tp in left)} still behind; "
+                                      "check KAFKA_BOOTSTRAP_SERVERS")
             return done
         finally:
             try:

@@ -134,9 +134,10 @@ class Checkpointer:
             self._commit(offsets)
         elapsed = time.perf_counter() - started
         self._observe(elapsed)
-        log.info("checkpoint of partitions %s: %d states, %d tombstones, offsets %s in %.3f s", parts,
-                 len(slots), len(tombstones), offsets, elapsed,
-                 extra={"states": len(slots), "tombstones": len(tombstones), "seconds": round(elapsed, 4)})
+        level = logging.INFO if len(slots) or tombstones else logging.DEBUG
+        log.log(level, "checkpoint of partitions %s: %d states, %d tombstones, offsets %s in %.3f s", parts,
+                len(slots), len(tombstones), offsets, elapsed,
+                extra={"states": len(slots), "tombstones": len(tombstones), "seconds": round(elapsed, 4)})
         return len(slots)
 
     def _rewritten(self, device: str) -> bool:

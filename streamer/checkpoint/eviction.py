@@ -69,6 +69,10 @@ class DeviceEvictor:
                         "dropped as capacity (%d so far)", self.max_devices, len(refused), self.refused)
         return np.fromiter((d not in refused for d in ids), dtype=bool, count=len(ids))
 
+    def enforce(self) -> int:
+        """Evict least recently seen devices until the budget holds (after a restore brought many)."""
+        return self._evict(self.store.lru_slots(len(self.store) - self.max_devices), "capacity")
+
     def expire(self) -> int:
         """Evict the devices idle for more than the TTL; return how many left."""
         return self._evict(self.store.idle_slots(self._clock(), self.ttl_s), "ttl")

@@ -1,17 +1,19 @@
 """The readings consumer: one consumer-group member that polls batches and commits them explicitly.
 
 Auto-commit is off: `poll` returns the records and the offsets that committing them means, and the
-daemon passes those to `commit` only after the batch's output is acknowledged. A rebalance happens
-inside `poll`, when the previous batch is already committed, so the rebalance listener has nothing
-to commit; it records the assignment and tells the optional hooks (state restore, eviction).
+daemon commits them (at a state checkpoint) only after the batch's output is acknowledged. A
+rebalance happens inside `poll`; the listener records the assignment and tells the optional hooks
+(state restore on assignment, a state checkpoint on revoke).
 
 kafka-python 3 runs the group coordinator on its own IO thread; a synchronous listener that called
 back into the consumer there would fail ("Cannot block on net.run() from the IO thread itself"),
-hence the `AsyncConsumerRebalanceListener`, which only updates in-memory state.
+hence the `AsyncConsumerRebalanceListener`. A hook may return an awaitable (an `async def` hook):
+the listener awaits it, so the hook can yield to the IO loop while blocking work runs elsewhere.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -22,7 +24,7 @@ from streamer.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
-PartitionsHook = Callable[[frozenset[Any]], None]  # called with a set of kafka TopicPartition
+PartitionsHook = Callable[[frozenset[Any]], Any]  # takes a set of TopicPartition; may return an awaitable
 
 
 class CommitError(BrokerError):
@@ -62,16 +64,21 @@ class GroupConsumer:
 
         class Listener(AsyncConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-                outer._set_assignment(outer.assigned - frozenset(revoked), revoked, on_revoked, "revoked")
+                left = outer.assigned - frozenset(revoked)
+                done = outer._set_assignment(left, revoked, on_revoked, "revoked")
+                if inspect.isawaitable(done):  # a hook that must finish before the partitions move on
+                    await done
 
             async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-                outer._set_assignment(frozenset(assigned), assigned, on_assigned, "assigned")
+                done = outer._set_assignment(frozenset(assigned), assigned, on_assigned, "assigned")
+                if inspect.isawaitable(done):
+                    await done
 
         self._consumer = consumer_factory()
         self._consumer.subscribe([topic], listener=Listener())
 
     def _set_assignment(self, now: frozenset[Any], changed: Iterable[Any], hook: PartitionsHook | None,
-                        what: str) -> None:
+                        what: str) -> Any:
         changed = frozenset(changed)
         with self._lock:
             self._assigned = now
@@ -79,16 +86,26 @@ class GroupConsumer:
             for tp in changed if what == "revoked" else ():
                 self._committed.pop(tp, None)
         if not changed:
-            return
+            return None
         log.info("partitions %s: %s", what, sorted(tp.partition for tp in changed),
                  extra={"topic": self.topic, "assigned": sorted(tp.partition for tp in now)})
-        if hook is not None:
-            hook(changed)
+        return hook(changed) if hook is not None else None
 
     @property
     def assigned(self) -> frozenset[Any]:
         with self._lock:
             return self._assigned
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        """Stop fetching these partitions of the topic (state restore in progress)."""
+        from kafka import TopicPartition
+
+        self._consumer.pause(*(TopicPartition(self.topic, p) for p in partitions))
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        from kafka import TopicPartition
+
+        self._consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
 
     def poll(self, timeout_ms: int, max_records: int) -> Polled:
         by_partition = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)

@@ -1,12 +1,15 @@
 """The daemon: poll → decode → score → publish → confirm → commit → metrics, until asked to stop.
 
 At-least-once: a batch's offsets are committed only after every record it produced (alerts, scores,
-dead letters) is acknowledged by the broker. If publishing keeps failing, the loop keeps retrying the
-same output (readiness goes false, logs say why) rather than moving on; if the commit fails (a
-rebalance took the partitions), the records will be delivered again to their new owner.
+dead letters) is acknowledged by the broker, and only at a state checkpoint, after the device states
+that cover them (`streamer.checkpoint`: flush outputs → write state → commit offsets). If
+publishing keeps failing, the loop keeps retrying the same output (readiness goes false, logs say
+why) rather than moving on; if the commit fails (a rebalance took the partitions), the records will
+be delivered again to their new owner, whose restored states skip what they already hold.
 
 `stop()` (the CLI calls it on SIGTERM/SIGINT) lets the batch in hand finish: its output is flushed
-and confirmed, its offsets committed, then the clients close and `run()` returns 0.
+and confirmed, a last checkpoint writes the states and commits the offsets, then the clients close
+and `run()` returns 0.
 
 Collaborators are injected with production defaults: the pipeline, the metrics registry and the
 consumer/producer factories, so tests run the real loop against fakes or a real broker.
@@ -17,9 +20,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from streamer.checkpoint.changelog import ensure_state_topic
+from streamer.checkpoint.manager import StateManager
 from streamer.ingest.codec import Decoded, ReadingDecoder
 from streamer.kafka.consumer import CommitError, GroupConsumer, Polled
 from streamer.kafka.publisher import Publisher, PublishError
@@ -65,6 +70,8 @@ class Daemon:
         self._next_lag_at = 0.0
         self.consumer: GroupConsumer | None = None
         self.publisher: Publisher | None = None
+        self.state: StateManager | None = None
+        self._broker_problem: str | None = None
         self.health: HealthServer | None = None
         self.started = threading.Event()  # set once the first poll is about to happen (tests wait on it)
 
@@ -74,7 +81,7 @@ class Daemon:
     def run(self) -> int:
         """Serve until `stop()`; 0 on a clean stop. Startup errors raise (`BrokerError`, `ConfigError`)."""
         try:
-            consumer, publisher = self._start()
+            consumer, publisher, state = self._start()
         except Stopped:
             self._close()
             return 0
@@ -82,22 +89,30 @@ class Daemon:
             while not self._stop.is_set():
                 self._beat()
                 polled = consumer.poll(self.settings.poll_timeout_ms, self.settings.max_poll_records)
-                if not polled:
-                    continue
-                t0 = time.perf_counter()
-                decoded = self.decoder.decode(polled.records)
-                scored = self.pipeline.score(decoded.batch)
-                latency = time.perf_counter() - t0
-                self._publish(publisher, decoded, scored)
-                self._confirm(publisher)
-                self._commit(consumer, polled)
-                self.accounting.account(decoded, scored, latency, self._clock())
+                state.restore_pending()  # newly assigned partitions: restored before they are scored
+                if polled:
+                    self._process(publisher, state, polled)
+                state.maybe_checkpoint()
+            state.shutdown()
+        except BaseException:
+            state.abandon()  # a batch may be half done: its state must never be checkpointed
+            raise
         finally:
             self._close()
         return 0
 
+    def _process(self, publisher: Publisher, state: StateManager, polled: Polled) -> None:
+        t0 = time.perf_counter()
+        decoded = self.decoder.decode(polled.records)
+        scored = state.score(decoded.batch)
+        latency = time.perf_counter() - t0
+        self._publish(publisher, decoded, scored)
+        self._confirm(publisher)
+        state.applied(decoded.batch, scored, {tp.partition: offset for tp, offset in polled.offsets.items()})
+        self.accounting.account(decoded, scored, latency, self._clock())
+
     # ---- steps ---------------------------------------------------------------------------------------
-    def _start(self) -> tuple[GroupConsumer, Publisher]:
+    def _start(self) -> tuple[GroupConsumer, Publisher, StateManager]:
         s = self.settings
         self.health = HealthServer(self.metrics.registry, lambda: self._beat_at, self.readiness,
                                    stale_after_s=s.stale_after_s, host=s.metrics_host, port=s.metrics_port)
@@ -107,17 +122,23 @@ class Daemon:
         self._problem = f"connecting to broker {s.kafka.bootstrap_servers}"
         existing = wait_for_broker(s, self._stop, beat=self._beat)
         prepare_topics(s, existing, OUTPUT_ROLES)
+        ensure_state_topic(s.kafka, s.state_topic, s.readings_topic, create=s.create_topics)
         self.publisher = Publisher(
             self._producer_factory, alerts_topic=s.alerts_topic, dlq_topic=s.dlq_topic,
             scores_topic=s.scores_topic, source_topic=s.readings_topic,
             on_recreate=self.metrics.producer_recreated.inc,
         )
-        self.consumer = GroupConsumer(self._consumer_factory, s.readings_topic)
+        self.state = StateManager.from_settings(
+            s, self.pipeline, self._producer_factory, metrics=self.metrics, commit=self._commit,
+            flush_outputs=lambda: self._confirm(self.publisher))  # type: ignore[arg-type]
+        self.consumer = GroupConsumer(self._consumer_factory, s.readings_topic,
+                                      on_assigned=self.state.on_assigned, on_revoked=self.state.on_revoked)
+        self.state.attach(self.consumer.pause, self.consumer.resume)
         self._problem = None
         log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
             "alerts_topic": s.alerts_topic, "dlq_topic": s.dlq_topic, "scores_topic": s.scores_topic})
         self.started.set()
-        return self.consumer, self.publisher
+        return self.consumer, self.publisher, self.state
 
     def _publish(self, publisher: Publisher, decoded: Decoded, scored: ScoredBatch) -> None:
         publisher.publish_dead_letters(decoded.dead_letters)
@@ -141,9 +162,14 @@ class Daemon:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _commit(self, consumer: GroupConsumer, polled: Polled) -> None:
+    def _commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit {partition: next offset} of the readings topic (the checkpointer calls this)."""
+        from kafka import TopicPartition
+
+        assert self.consumer is not None
+        topic = self.settings.readings_topic
         try:
-            consumer.commit(polled.offsets)
+            self.consumer.commit({TopicPartition(topic, p): offset for p, offset in offsets.items()})
         except CommitError as exc:
             self.metrics.commit_failures.inc()
             log.warning("%s; those records will be processed again by the partitions' next owner", exc)
@@ -162,14 +188,21 @@ class Daemon:
             self._next_lag_at = now + self.settings.consumer_lag_interval_s
             try:
                 self.metrics.set_consumer_lag(self.consumer.lag())
-            except Exception as exc:  # lag is informative; a failed ListOffsets must not stop scoring
+                self._broker_problem = None
+            except Exception as exc:  # must not stop scoring, but says that the broker is gone
                 log.debug("consumer lag unavailable: %s", exc)
+                self._broker_problem = f"broker {self.settings.kafka.bootstrap_servers} not answering: {exc}"
 
     def readiness(self) -> tuple[bool, str]:
         if self._problem is not None:
             return False, self._problem
+        if self._broker_problem is not None:
+            return False, self._broker_problem
         if self.consumer is None or not self.consumer.assigned:
             return False, "waiting for a partition assignment"
+        state = self.state.readiness() if self.state is not None else (True, "")
+        if not state[0]:
+            return state
         if not self._state_ready():
             return False, "restoring device state"
         return True, f"{len(self.consumer.assigned)} partitions assigned"
@@ -183,10 +216,12 @@ class Daemon:
 
     def _close(self) -> None:
         totals = dict(self.accounting.totals)
+        if self.consumer is not None:
+            self.consumer.close()  # revokes: the state manager checkpoints (or, abandoned, only drops)
+        if self.state is not None:
+            self.state.close()
         if self.publisher is not None:
             self.publisher.close()
-        if self.consumer is not None:
-            self.consumer.close()
         if self.health is not None:
             self.health.close()
         log.info("stopped", extra={"totals": totals})

@@ -20,7 +20,7 @@ Every variable (flag in brackets) and its default:
     RNNWATCH_ALERTS_TOPIC        [--alerts-topic]        sensor.alerts
     RNNWATCH_DLQ_TOPIC           [--dlq-topic]           sensor.readings.dlq
     RNNWATCH_SCORES_TOPIC        [--scores-topic]        unset: no per-reading scores are published
-    RNNWATCH_STATE_TOPIC         [--state-topic]         rnnwatch.state (device state changelog)
+    RNNWATCH_STATE_TOPIC         [--state-topic]         <group id>.state (device state changelog)
     RNNWATCH_CHECKPOINT_INTERVAL_S [--checkpoint-interval-s] 30
     RNNWATCH_MAX_DEVICES         [--max-devices]         1000000
     RNNWATCH_DEVICE_TTL_S        [--device-ttl-s]        604800 (7 days without a reading: evictable)
@@ -126,6 +126,7 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{source}={raw!r}: {exc}") from None
         kafka = _kafka_settings(values)
+        values.setdefault("state_topic", f"{values.get('group_id', 'rnnwatch')}.state")  # one per group
         own = {f.name for f in fields(cls)}
         settings = cls(kafka=kafka, **{k: v for k, v in values.items() if k in own})
         settings._check()

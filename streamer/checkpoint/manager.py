@@ -1,0 +1,267 @@
+"""The one object the daemon drives for durable state: its lifecycle follows partition assign/revoke.
+
+    assigned (consumer IO thread)   pause the partitions, queue them for restore
+    restore_pending (main loop)     read their changelog, install the states, resume them
+    score / applied (main loop)     admit new devices within the budget, score, track what changed
+    maybe_checkpoint (main loop)    every interval: TTL eviction, then flush → write state → commit
+    revoked (consumer IO thread)    checkpoint those partitions, then drop their devices
+    shutdown (main loop)            a last checkpoint of everything owned
+
+kafka-python 3 runs rebalance listeners on the consumer's IO thread while the main thread waits in
+`poll`, so the hooks never race the main loop. A revoke checkpoint may take seconds; it runs in a
+worker thread while the listener yields to the IO loop (`_off_loop`), so heartbeats continue and the
+offset commit the checkpoint ends with can use the consumer's normal (blocking) API.
+
+Broker faults: a restore or checkpoint that fails leaves the daemon running and not ready (the reason
+is in `/readyz`); restores are retried with backoff, checkpoints at the next interval, and nothing is
+committed until the states that cover it are acknowledged. A partition whose offsets go *back*
+without a rebalance (a broker that lost its log, a recreated topic) would have every new reading
+skipped as already applied; the rewind is detected, logged, and those devices forget their offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from streamer.checkpoint.changelog import ChangelogReader, ChangelogWriter, restore_consumer_factory
+from streamer.checkpoint.checkpointer import Checkpointer
+from streamer.checkpoint.eviction import DeviceEvictor
+from streamer.checkpoint.restore import Restorer
+from streamer.errors import BrokerError, StateError
+from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
+
+log = logging.getLogger(__name__)
+
+
+class StateManager:
+    """Durable state of one daemon. `pipeline` has `.store`, `.model_version` and `score(batch)`."""
+
+    def __init__(self, pipeline: Any, writer: ChangelogWriter, reader: ChangelogReader, *,
+                 interval_s: float, max_devices: int, ttl_s: float,
+                 commit: Callable[[Mapping[int, int]], None],
+                 flush_outputs: Callable[[], None] = lambda: None, metrics: Any = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.pipeline = pipeline
+        self.store = pipeline.store
+        self.writer = writer
+        self._metrics = metrics
+        self.checkpointer = Checkpointer(self.store, writer, pipeline.model_version, interval_s=interval_s,
+                                         commit=commit, flush_outputs=flush_outputs, metrics=metrics)
+        self.restorer = Restorer(self.store, reader, pipeline.model_version, metrics=metrics,
+                                 on_installed=self.checkpointer.adopt)
+        self.evictor = DeviceEvictor(self.store, max_devices=max_devices, ttl_s=ttl_s,
+                                     forget=self.checkpointer.forget, metrics=metrics, clock=clock)
+        self.owned: set[int] = set()
+        self._next_offset: dict[int, int] = {}  # partition -> offset after the last reading seen
+        self._pause: Callable[[set[int]], None] = lambda parts: None
+        self._resume: Callable[[set[int]], None] = lambda parts: None
+        self._problem: str | None = None
+        self._abandoned = False
+        self._retry_at = 0.0
+        self._backoff_s = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any, pipeline: Any, producer_factory: Callable[[], Any], *,
+                      commit: Callable[[Mapping[int, int]], None], flush_outputs: Callable[[], None],
+                      metrics: Any = None) -> StateManager:
+        """The daemon's manager: `settings` is its `Settings` (state topic, interval, budget, TTL)."""
+        on_recreate = metrics.producer_recreated.inc if metrics is not None else (lambda: None)
+        writer = ChangelogWriter(producer_factory, settings.state_topic, on_recreate=on_recreate)
+        reader = ChangelogReader(restore_consumer_factory(settings.kafka), settings.state_topic)
+        return cls(pipeline, writer, reader, interval_s=settings.checkpoint_interval_s,
+                   max_devices=settings.max_devices, ttl_s=settings.device_ttl_s, commit=commit,
+                   flush_outputs=flush_outputs, metrics=metrics)
+
+    def attach(self, pause: Callable[[set[int]], None], resume: Callable[[set[int]], None]) -> None:
+        """How to stop and restart fetching partitions (the daemon's consumer)."""
+        self._pause, self._resume = pause, resume
+
+    # ---- rebalance hooks (consumer IO thread) ---------------------------------------------------------
+    def on_assigned(self, partitions: Iterable[Any]) -> None:
+        parts = {tp.partition for tp in partitions}
+        self.owned |= parts
+        for p in parts:
+            self._next_offset.pop(p, None)
+        self._pause(parts)
+        self.restorer.request(parts)
+
+    async def on_revoked(self, partitions: Iterable[Any]) -> None:
+        await _off_loop(self.release, {tp.partition for tp in partitions})
+
+    def release(self, parts: set[int]) -> None:
+        """Checkpoint the partitions (unless abandoned or not yet restored), then drop their devices."""
+        restored = parts - self.restorer.pending
+        self.restorer.cancel(parts)
+        self.owned -= parts
+        if restored and not self._abandoned:
+            try:
+                self.checkpointer.checkpoint(restored)
+            except (BrokerError, StateError) as exc:
+                log.warning("checkpoint of revoked partitions %s failed (%s); their next owner replays from "
+                            "the last committed offsets", sorted(restored), exc)
+        dropped = self.checkpointer.release(parts)
+        for p in parts:
+            self._next_offset.pop(p, None)
+        log.info("released partitions %s: %d devices handed over", sorted(parts), dropped)
+        self._gauges()
+
+    # ---- main loop ------------------------------------------------------------------------------------
+    def restore_pending(self) -> None:
+        """Restore the partitions assigned since the last call, then let them be fetched."""
+        pending = set(self.restorer.pending)
+        if not pending or time.monotonic() < self._retry_at:
+            return
+        try:
+            self.restorer.restore()
+        except (BrokerError, StateError) as exc:
+            self._fail(f"restoring device state of partitions {sorted(pending)} failed: {exc}")
+            return
+        except Exception as exc:  # kafka-python timeouts and connection errors: the broker is unwell
+            self._fail(f"restoring device state of partitions {sorted(pending)} failed: "
+                       f"{type(exc).__name__}: {exc}")
+            return
+        self._ok()
+        self.evictor.enforce()
+        self._resume(pending & self.owned)
+        self._gauges()
+
+    def score(self, batch: ReadingBatch) -> ScoredBatch:
+        """Admit the batch's new devices within the budget, then score what was admitted."""
+        self._check_rewind(batch)
+        admitted = self.evictor.admit(batch)
+        if admitted is None:
+            return self.pipeline.score(batch)
+        idx = np.flatnonzero(admitted)
+        return _expand(self.pipeline.score(_take(batch, idx)), idx, len(batch))
+
+    def applied(self, batch: ReadingBatch, scored: ScoredBatch, offsets: Mapping[int, int]) -> None:
+        """The batch's output is acknowledged: remember what it changed and where it ends."""
+        self.checkpointer.track(batch, scored, offsets)
+        self._next_offset.update(offsets)
+        self._gauges()
+
+    def maybe_checkpoint(self) -> None:
+        if not self.checkpointer.due():
+            return
+        try:
+            self.evictor.expire()
+            self.checkpointer.checkpoint(self.owned - self.restorer.pending)
+            self._ok()
+        except (BrokerError, StateError) as exc:
+            self._fail(f"checkpoint failed: {exc}")
+        finally:
+            self.checkpointer.schedule()
+
+    def shutdown(self) -> None:
+        """A last checkpoint of every restored partition (a clean stop)."""
+        if self._abandoned:
+            return
+        try:
+            self.checkpointer.checkpoint(self.owned - self.restorer.pending)
+        except (BrokerError, StateError) as exc:
+            log.error("final checkpoint failed (%s); the next owner replays from the last committed offsets",
+                      exc)
+
+    def abandon(self) -> None:
+        """The main loop failed mid-batch: never write state again (its output may be unacknowledged)."""
+        self._abandoned = True
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._problem is not None:
+            return False, self._problem
+        if self.restorer.pending:
+            return False, f"restoring device state of partitions {sorted(self.restorer.pending)}"
+        return True, "device state restored"
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def _check_rewind(self, batch: ReadingBatch) -> None:
+        if not self._next_offset or len(batch) == 0:
+            return
+        for p in np.unique(batch.partitions).tolist():
+            expected = self._next_offset.get(p)
+            first = int(batch.offsets[batch.partitions == p].min())
+            if expected is None or first >= expected:
+                continue
+            mine = self.store.live & (self.store.cols["ckpt_partition"] == p)
+            self.store.cols["source_offset"][mine] = -1
+            self.store.cols["ckpt_dirty"][mine] = True
+            self._next_offset.pop(p)
+            log.warning("partition %d went back from offset %d to %d without a rebalance: the broker lost "
+                        "its log or the topic was recreated; its %d devices keep their state but forget "
+                        "their offsets", p, expected, first, int(mine.sum()))
+
+    def _fail(self, problem: str) -> None:
+        if self._problem != problem:
+            log.error("%s; retrying in %.0f s", problem, self._backoff_s)
+        self._problem = problem
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, 30.0)
+
+    def _ok(self) -> None:
+        if self._problem is not None:
+            log.info("device state is healthy again (was: %s)", self._problem)
+        self._problem = None
+        self._backoff_s = 1.0
+        self._retry_at = 0.0
+
+    def _gauges(self) -> None:
+        if self._metrics is not None:
+            self._metrics.devices_tracked.set(len(self.store))
+            self._metrics.state_memory.set(self.store.memory_bytes())
+
+
+def _take(batch: ReadingBatch, idx: np.ndarray) -> ReadingBatch:
+    """The readings at `idx`, in order."""
+    ids, channels = batch.device_ids, batch.channels
+    return ReadingBatch([ids[i] for i in idx.tolist()], batch.ts[idx], batch.values[idx],
+                        batch.n_channels[idx], [channels[i] for i in idx.tolist()], batch.partitions[idx],
+                        batch.offsets[idx])
+
+
+def _expand(scored: ScoredBatch, idx: np.ndarray, n: int) -> ScoredBatch:
+    """A sub-batch's answer placed back at `idx` of an n-reading batch; the rest dropped as CAPACITY."""
+    scores = np.full(n, np.nan, dtype=np.float32)
+    alerting = np.zeros(n, dtype=bool)
+    status = np.full(n, DropReason.CAPACITY, dtype=np.uint8)
+    top = np.full(n, -1, dtype=np.int16)
+    scores[idx], alerting[idx], status[idx], top[idx] = (scored.scores, scored.alerting, scored.status,
+                                                          scored.top_channel)
+    return ScoredBatch(scores, alerting, status, top, scored.events, scored.waves)
+
+
+async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking `fn` in a worker thread while kafka-python's IO loop keeps turning.
+
+    The IO loop is kafka-python's own scheduler, not asyncio; its tasks sleep by awaiting a
+    `KernelEvent("_sleep", s)`. Without that class (another kafka-python layout) `fn` runs inline.
+    """
+    try:
+        from kafka.net.selector import KernelEvent
+    except ImportError:
+        return fn(*args)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the listener below, which kafka-python logs
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="rnnwatch-rebalance", daemon=True).start()
+    while not done.is_set():
+        await KernelEvent("_sleep", 0.01)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
