@@ -8,16 +8,17 @@ from streamer.kafka.client_config import consumer_kwargs, producer_kwargs, produ
 from streamer.service.settings import Settings
 
 
-def make_consumer(settings: Settings) -> Any:
+def make_consumer(settings: Settings, **overrides: Any) -> Any:
     """A group member on the readings topic: explicit commits, big polls, 6 s session by default.
 
     Fetch sizes are raised from kafka-python's 1 MiB per partition so that one poll can fill a
-    `max_poll_records` batch of small JSON readings from a single partition.
+    `max_poll_records` batch of small JSON readings from a single partition. `overrides` (kafka-python
+    consumer kwargs) win; the benchmark uses them to measure what each setting is worth.
     """
     from kafka import KafkaConsumer
 
     session = settings.session_timeout_ms
-    return KafkaConsumer(**consumer_kwargs(
+    kwargs = consumer_kwargs(
         settings.kafka,
         group_id=settings.group_id,
         enable_auto_commit=False,
@@ -27,7 +28,8 @@ def make_consumer(settings: Settings) -> Any:
         max_poll_records=settings.max_poll_records,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
-    ))
+    )
+    return KafkaConsumer(**{**kwargs, **overrides})
 
 
 def make_producer(settings: Settings) -> Any:

@@ -7,7 +7,7 @@ Three phases, one JSON object (with --json):
             decode every record (`ReadingDecoder`): the rate ceiling of kafka-python + decode.
    daemon:  the daemon (in this process, on its own thread) consumes the same topic in another fresh
             group; its rate runs from its first non-empty poll to its last offset commit.
-   ratio = daemon / raw.
+   Both run `--repeat` times, alternating; ratio = median daemon / median raw.
 3. latency: a producer process sends readings stamped with their send time at `--latency-fraction` of
             the daemon's measured rate, with a spike on every device after its calibration warm-up;
             reading→alert latency is the alert record's producer timestamp minus the reading's `ts`
@@ -19,10 +19,12 @@ Without --bootstrap an embedded tansu broker is started for the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-poll-records", type=int, default=20_000)
     p.add_argument("--latency-fraction", type=float, default=0.5, help="share of the daemon's max rate")
     p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--repeat", type=int, default=3, help="raw and daemon runs, alternating (medians)")
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--client-variants", action="store_true",
+                   help="also measure raw consume+decode with kafka-python defaults and without crc32c")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -75,8 +80,12 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
     steps = max(1, args.readings // args.devices)
     produced = _produce_fleet(settings, args.devices, steps, args.channels)
-    raw = _raw_consume_decode(settings, produced, f"bench-raw-{run_id}")
-    daemon = _daemon_throughput(replace(settings, group_id=f"bench-daemon-{run_id}"), produced)
+    raws, daemons = [], []
+    for i in range(args.repeat):  # alternate, so load from elsewhere on the machine hits both alike
+        raws.append(_raw_consume_decode(settings, produced, f"bench-raw-{run_id}-{i}"))
+        daemons.append(_daemon_throughput(replace(settings, group_id=f"bench-daemon-{run_id}-{i}"), produced))
+    raw = float(np.median(raws))
+    daemon = {"rate": float(np.median([d["rate"] for d in daemons])), "batches": daemons[0]["batches"]}
     result: dict[str, Any] = {
         "bench": "e2e",
         "readings": produced,
@@ -87,10 +96,18 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "raw_consume_decode_readings_per_s": round(raw, 1),
         "daemon_readings_per_s": round(daemon["rate"], 1),
         "ratio": round(daemon["rate"] / raw, 3),
+        "repeats": args.repeat,
+        "raw_runs": [round(r, 1) for r in raws],
+        "daemon_runs": [round(d["rate"], 1) for d in daemons],
         "daemon_batches": daemon["batches"],
         "torch_device": args.device,
         "crc32c_c_extension": _has_crc32c(),
     }
+    if args.client_variants:
+        result["raw_client_variants_readings_per_s"] = {
+            name: round(_raw_consume_decode(settings, produced, f"bench-raw-{name}-{run_id}", **variant), 1)
+            for name, variant in CLIENT_VARIANTS.items()
+        }
     if not args.skip_latency:
         target = args.latency_fraction * daemon["rate"]
         lat_settings = replace(settings, readings_topic=f"bench.lat.{run_id}",
@@ -117,18 +134,38 @@ def _produce_fleet(settings: Any, devices: int, steps: int, channels: int) -> in
 
 
 # ---- phase 2: raw client vs daemon -------------------------------------------------------------------
-def _raw_consume_decode(settings: Any, expected: int, group: str) -> float:
+# kafka-python settings whose effect the raw phase can measure (--client-variants).
+CLIENT_VARIANTS: dict[str, dict[str, Any]] = {
+    "daemon_settings": {},
+    "default_max_poll_records_500": {"max_poll_records": 500},
+    "default_fetch_sizes_1MiB_50MiB": {"max_partition_fetch_bytes": 1 << 20, "fetch_max_bytes": 50 << 20},
+    "no_check_crcs": {"check_crcs": False},
+    "pure_python_crc32c": {"pure_python_crc": True},
+}
+
+
+def _raw_consume_decode(settings: Any, expected: int, group: str, pure_python_crc: bool = False,
+                        **overrides: Any) -> float:
     from streamer.ingest.codec import ReadingDecoder
     from streamer.service.clients import make_consumer
 
-    consumer = make_consumer(replace(settings, group_id=group))
+    if pure_python_crc:  # what kafka-python does without the crc32c package
+        import functools
+
+        from kafka.record import _crc32c, default_records, util
+
+        patched = functools.partial(util.calc_crc32c, _crc32c=_crc32c.crc)
+        with _swapped(default_records, "calc_crc32c", patched):
+            return _raw_consume_decode(settings, expected, group, **overrides)
+    max_records = overrides.get("max_poll_records", settings.max_poll_records)
+    consumer = make_consumer(replace(settings, group_id=group), **overrides)
     consumer.subscribe([settings.readings_topic])
     decoder = ReadingDecoder(settings.codec_limits)
     seen, first = 0, None
     deadline = time.monotonic() + 300
     try:
         while seen < expected and time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=500, max_records=settings.max_poll_records)
+            polled = consumer.poll(timeout_ms=500, max_records=max_records)
             records = [r for batch in polled.values() for r in batch]
             if not records:
                 continue
@@ -303,6 +340,17 @@ def _read_all(settings: Any, topic: str) -> list[tuple[Any, dict[str, Any]]]:
         return out
     finally:
         consumer.close()
+
+
+@contextlib.contextmanager
+def _swapped(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """Temporarily replace `owner.name` with `value`."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
 
 
 def _has_crc32c() -> bool:
