@@ -6,7 +6,9 @@ Three phases, one JSON object (with --json):
 2. raw:     the daemon's own consumer settings (`make_consumer`) poll that topic in a fresh group and
             decode every record (`ReadingDecoder`): the rate ceiling of kafka-python + decode.
    daemon:  the daemon (in this process, on its own thread) consumes the same topic in another fresh
-            group; its rate runs from its first non-empty poll to its last offset commit.
+            group; its rate runs from its first non-empty poll to its last offset commit, which is
+            the shutdown checkpoint (device states written, then offsets committed) it is asked for
+            as soon as it has processed every reading.
    Both run `--repeat` times, alternating; ratio = median daemon / median raw.
 3. latency: a producer process sends readings stamped with their send time at `--latency-fraction` of
             the daemon's measured rate, with a spike on every device after its calibration warm-up;
@@ -76,6 +78,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         dlq_topic=f"bench.dlq.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
         topic_partitions=args.partitions, log_level="WARNING",
+        poll_timeout_ms=100,  # the daemon notices stop() within 0.1 s: its last commit is not delayed
     )
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
     steps = max(1, args.readings // args.devices)
