@@ -92,10 +92,12 @@ class Restorer:
             return 0
         log.info("restoring device state of partitions %s from %s", parts, self.reader.topic)
         started = time.perf_counter()
+        before = len(self.store)
         run = _Run(self.store, StateSchema.of(self.store), self.model_version, self._on_installed)
         records = self.reader.read(parts, run.add, on_progress=self._progress,
                                    stall_timeout_s=self.stall_timeout_s)
         elapsed = time.perf_counter() - started
+        run.installed = len(self.store) - before  # distinct devices (a chunk may replace an earlier one's)
         self.pending -= set(parts)
         self._progress(1, 1)
         self.last = {"partitions": len(parts), "records": records, "devices": run.installed,
@@ -122,7 +124,12 @@ class _Run:
                  on_installed: Installed) -> None:
         self.store, self.schema, self.model_version = store, schema, model_version
         self._on_installed = on_installed
-        self.installed = self.mismatched = self.invalid = 0
+        self.installed = self.invalid = 0
+        self._stale: set[str] = set()  # devices whose latest installed record re-entered warm-up
+
+    @property
+    def mismatched(self) -> int:
+        return len(self._stale)
 
     def add(self, records: list[Any]) -> None:
         """Records of one partition, in offset order (kafka-python ConsumerRecords)."""
@@ -141,7 +148,12 @@ class _Run:
         reenter_warmup(store, slots[stale], keep_normaliser=known[stale])
         self._on_installed(slots, int(records[0].partition), stale)
         self.installed += len(states)
-        self.mismatched += int(stale.sum())
+        for rec, was_stale in zip(states, stale.tolist(), strict=True):
+            if was_stale:
+                self._stale.add(rec.device_id)
+            elif self._stale:
+                self._stale.discard(rec.device_id)
+        self._stale.difference_update(gone)
 
     def _choose(self, record: Any, winners: dict[str, Any]) -> None:
         if record.key is None:
