@@ -27,7 +27,7 @@ class ForecasterConfig:
     """Architecture of a forecaster; stored in an artifact's config.json."""
 
     cell: CellType = "gru"
-    hidden_size: int = 32
+    hidden_size: int = 24
     input_features: int = 2  # [normalised value, gap flag]
     channel_independent: bool = True
 

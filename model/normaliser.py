@@ -5,14 +5,23 @@ the statistics of the values *before* it (so z is the surprise of x given the pa
 a cumulative average for the first `1 / alpha` values, an exponentially weighted one after that, so
 the statistics follow slow regime changes of a long-running sensor.
 
-Shapes: R rows; every tensor below is (R,). Statistics are float64 so that a counter near 1e9 still
-normalises precisely; the returned z is float32.
+Beside the running mean, each row keeps two cheaper pictures of what is normal *now*, in z units:
+- a time-of-day profile: `DAY_BINS` bins of the (UTC) day, each an exponential average of the z values
+  seen in that bin on earlier days (each day's visit weighs `day_weight`, whatever the sampling
+  interval). A value far from its bin's profile is a broken daily pattern: the rise that did not come;
+- a short-term level: an exponential average of z over the last ~`1 / level_beta` readings. A level
+  far from 0 is a sustained shift that a one-step forecaster stops being surprised by after one step.
+
+Shapes: R rows; every tensor below is (R,) unless noted. Mean and variance are float64 so that a
+counter near 1e9 still normalises precisely; the returned z is float32. The profile is float16 (it
+holds clipped z values; 3 significant digits are plenty) with 0 meaning "bin never visited".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 Z_CLIP = 8.0  # model inputs are clipped to +-Z_CLIP: one wild value must not saturate the hidden state
@@ -23,6 +32,15 @@ class NormaliserConfig:
     alpha: float = 1.0 / 512  # EWMA weight once warmed up (half-life about 355 readings)
     rel_floor: float = 1e-3  # std floor relative to |mean|: flat lines do not turn noise into alarms
     abs_floor: float = 1e-6  # absolute std floor
+    day_weight: float = 0.5  # weight of one day's visit of a time-of-day bin in that bin's profile
+    level_beta: float = 1.0 / 16  # EWMA weight of the short-term level of z
+    settle: int = 32  # values a row must have seen before its z feeds the profile and the level
+
+
+DAY_S = 86400.0
+DAY_BINS = 24  # time-of-day bins per row (hours); fixes the width of the state store's profile rows
+_UNSEEN = 0.0  # profile value of a bin never visited
+_TINY = torch.finfo(torch.float16).tiny  # a learned profile value of exactly 0 is stored as this
 
 
 def normalise_and_update(
@@ -51,3 +69,42 @@ def normalise_and_update(
 def model_input(z: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     """Features for the recurrent step: z (R,), first (R,) bool -> (R, 2) float32 [clipped z, first flag]."""
     return torch.stack([z.clamp(-Z_CLIP, Z_CLIP), first.to(torch.float32)], dim=1)
+
+
+def day_bins(ts: np.ndarray) -> np.ndarray:
+    """Event times (n,) epoch seconds -> time-of-day bin (n,) int64 in [0, DAY_BINS)."""
+    return (np.floor(np.mod(ts, DAY_S) / (DAY_S / DAY_BINS)).astype(np.int64)) % DAY_BINS
+
+
+def day_rates(dt: np.ndarray, config: NormaliserConfig) -> np.ndarray:
+    """Seconds since the previous reading (n,) -> profile learning rate per reading (n,) float32.
+
+    A bin is visited for DAY_S / DAY_BINS seconds a day; a reading covering dt of them takes that
+    share of the day's weight, so the profile's memory is in days at any sampling interval.
+    """
+    width = DAY_S / DAY_BINS
+    share = np.clip(np.nan_to_num(dt, nan=width, posinf=width), 0.0, width) / width
+    return np.minimum(1.0, config.day_weight * share).astype(np.float32)
+
+
+def day_residual_and_update(
+    z: torch.Tensor,  # (R,) float32, clipped z
+    seen: torch.Tensor,  # (R,) bool, z is meaningful (the row had history before this value)
+    profile: torch.Tensor,  # (R_all, DAY_BINS) float16, every row's profile (updated in place)
+    rows: torch.Tensor,  # (R,) int64, which profile rows these are
+    bins: torch.Tensor,  # (R,) int64, time-of-day bin of each value
+    rate: torch.Tensor,  # (R,) float32, from `day_rates`
+) -> torch.Tensor:
+    """z minus its bin's profile (NaN for a bin never visited), then fold z into the bin: (R,) float32."""
+    p = profile[rows, bins].to(torch.float32)  # (R,)
+    known = p != _UNSEEN
+    resid = torch.where(known & seen, z - p, torch.full_like(z, float("nan")))
+    learned = torch.where(known, p + rate * (z - p), z).to(profile.dtype)
+    learned = torch.where(learned == _UNSEEN, torch.full_like(learned, _TINY), learned)
+    profile[rows, bins] = torch.where(seen, learned, p.to(profile.dtype))
+    return resid
+
+
+def level_update(z: torch.Tensor, seen: torch.Tensor, level: torch.Tensor, config: NormaliserConfig) -> None:
+    """Fold clipped z (R,) into the short-term level (R,) float32 in place, where `seen`."""
+    level.add_(torch.where(seen, config.level_beta * (z - level), torch.zeros_like(level)))

@@ -27,7 +27,7 @@ WARMUP = 16  # steps whose loss is ignored while the normaliser settles
 @dataclass(frozen=True)
 class TrainConfig:
     cell: str = "gru"
-    hidden_size: int = 32
+    hidden_size: int = 24
     series: int = 2048
     length: int = 768
     epochs: int = 12

@@ -1,21 +1,33 @@
 """Calibration: turn a device's raw evidence into an anomaly score that means the same on every device.
 
-Evidence per reading (SIGNALS of them): the squared one-step forecast error and the squared deviation
-of the value from the normaliser's running mean (both in normalised units, averaged over channels).
-Each device keeps a running mean and variance of each signal (cumulative while young, then an
-exponentially weighted one) and scores a new reading by how many of its own standard deviations the
-evidence lies above its own mean, z, squashed into [0, 1):
+Evidence per reading (SIGNALS of them, each averaged over the device's channels, in normalised units):
+
+0. the squared one-step forecast error of the recurrent model (spikes, dips, broken dynamics);
+1. the squared deviation of the value from the normaliser's running mean, z^2 (values far from usual);
+2. the squared deviation of z from its time-of-day profile (a broken daily pattern);
+3. the squared short-term level of z (a sustained shift the one-step forecast stops seeing).
+
+Each device keeps a count, a running mean and a running variance of each signal (cumulative while
+young, then an exponentially weighted one) and measures how many of its own standard deviations the
+new evidence lies above its own mean, z. Evidence may be NaN, "not available yet" (the daily profile
+has not seen this hour yet): it then neither scores nor teaches. The most surprising signal wins and
+is squashed into [0, 1):
 
     score = z+ / (z+ + z_half)        (z_half = 10: score 0.5 means "10 sigma above this device's usual")
 
 The squash is monotone and never saturates, so scores keep their order (and a threshold sweep keeps
-its resolution) far into the tail; the reported score is the most surprising signal's.
+its resolution) far into the tail.
 
-- Warm-up: a device's first `warmup` scored readings get score 0 (no alert can fire); the very first
-  `skip` readings, taken while the normaliser itself is still settling, do not teach the distribution.
+- Onset emphasis: each device remembers the peak of its recent scores, decaying by `peak_decay` per
+  reading. A score that does not beat that decayed peak is damped by `damp` (halved by default): an
+  event is reported loudly at its onset, and its aftermath, or a smaller echo soon after, does not
+  keep re-alarming.
+- Warm-up: a signal scores 0 until it has learned from `warmup` readings of its device, so a device's
+  first `skip + warmup` readings get score 0 (no alert can fire); the very first `skip` readings,
+  taken while the normaliser itself is still settling, do not teach the distribution.
 - Protect gate: evidence beyond `protect_z` sigma is folded into the distribution only as `protect_z`
-  sigma (winsorised), so an anomalous stretch cannot teach the calibration that it is normal; a genuinely
-  new regime is still absorbed, slowly.
+  sigma (winsorised), so an anomalous stretch cannot teach the calibration that it is normal; a
+  genuinely new regime is still absorbed, slowly.
 
 Vectorised over the devices of one wave: slots (m,), evidence (m, SIGNALS) -> scores (m,).
 """
@@ -37,14 +49,17 @@ class CalibrationConfig:
     protect_z: float = 100.0  # winsorise evidence beyond this many sigma before learning it
     z_half: float = 10.0  # sigma that maps to score 0.5
     min_std: float = 1e-3  # floor of each signal's std (normalised units squared)
+    peak_decay: float = 0.999  # per-reading decay of the remembered peak score
+    damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
 
 
-SIGNALS = 2  # evidence per reading: [forecast error, deviation from the normaliser's mean]
+SIGNALS = 4  # evidence per reading: [forecast error, deviation from mean, from daily profile, level]
 
 COLUMNS: tuple[Column, ...] = (
-    Column("cal_count", np.int64),
-    Column("cal_mean", np.float64, width=SIGNALS),
-    Column("cal_var", np.float64, width=SIGNALS, fill=1.0),
+    Column("cal_count", np.int16, width=SIGNALS),  # readings seen per signal, saturating
+    Column("cal_mean", np.float32, width=SIGNALS),
+    Column("cal_var", np.float32, width=SIGNALS, fill=1.0),
+    Column("cal_peak", np.float32),
 )
 
 
@@ -55,7 +70,7 @@ def squash(z: np.ndarray, z_half: float) -> np.ndarray:
 
 
 class Calibrator:
-    """Per-device evidence distributions with warm-up and a protect gate."""
+    """Per-device evidence distributions with warm-up, onset emphasis and a protect gate."""
 
     def __init__(self, config: CalibrationConfig | None = None) -> None:
         self.config = config or CalibrationConfig()
@@ -65,27 +80,36 @@ class Calibrator:
         return COLUMNS
 
     def update(self, store: StateStore, slots: np.ndarray, error: np.ndarray) -> np.ndarray:
-        """Score then learn: slots (m,), error (m, SIGNALS) float >= 0 -> scores (m,) float64 in [0, 1].
+        """Score then learn: slots (m,), error (m, SIGNALS) float >= 0 or NaN -> scores (m,) in [0, 1).
 
-        Each signal is calibrated against its own distribution; the score is the most surprising one.
+        Each signal is calibrated against its own distribution; the score is the most surprising one,
+        damped unless it beats the device's decayed recent peak.
         """
         cfg = self.config
-        count = store.cols["cal_count"][slots][:, None]
-        mean = store.cols["cal_mean"][slots]
-        var = store.cols["cal_var"][slots]
+        cols = store.cols
+        count = cols["cal_count"][slots].astype(np.int64)  # (m, SIGNALS)
+        mean = cols["cal_mean"][slots].astype(np.float64)  # (m, SIGNALS)
+        var = cols["cal_var"][slots].astype(np.float64)  # (m, SIGNALS)
         evidence = error.astype(np.float64)
+        known = np.isfinite(evidence)
+        evidence = np.where(known, evidence, mean)
         std = np.maximum(np.sqrt(var), cfg.min_std)
         z = (evidence - mean) / std
         learned = count - cfg.skip  # errors already in the distribution
-        scores = np.where(learned >= cfg.warmup, squash(z, cfg.z_half), 0.0)
+        z = np.where(known & (learned >= cfg.warmup), z, 0.0)
+        raw = squash(z.max(axis=1), cfg.z_half)  # (m,)
 
-        learn = count >= cfg.skip
+        peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay  # (m,)
+        scores = np.where(raw > peak, raw, raw * (1.0 - cfg.damp))
+        cols["cal_peak"][slots] = np.maximum(raw, peak)
+
+        learn = known & (count >= cfg.skip)
         x = np.where(learned > cfg.warmup // 2, np.minimum(evidence, mean + cfg.protect_z * std), evidence)
         alpha = np.maximum(1.0 / (np.maximum(learned, 0) + 1.0), cfg.alpha)
         delta = x - mean
         new_mean = mean + alpha * delta
         new_var = (1 - alpha) * (var + alpha * delta * delta)
-        store.cols["cal_mean"][slots] = np.where(learn, new_mean, mean)
-        store.cols["cal_var"][slots] = np.where(learn, new_var, var)
-        store.cols["cal_count"][slots] = count[:, 0] + 1
-        return scores.max(axis=1)
+        cols["cal_mean"][slots] = np.where(learn, new_mean, mean)
+        cols["cal_var"][slots] = np.where(learn, new_var, var)
+        cols["cal_count"][slots] = np.minimum(count + known, np.iinfo(np.int16).max)
+        return scores

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from model.artifact import ModelArtifact
-from model.normaliser import model_input, normalise_and_update
+from model.normaliser import (
+    Z_CLIP,
+    day_bins,
+    day_rates,
+    day_residual_and_update,
+    level_update,
+    model_input,
+    normalise_and_update,
+)
 from streamer.errors import ConfigError
 from streamer.scoring.alert_policy import AlertPolicy, AlertPolicyConfig, Transitions, alert_id
 from streamer.scoring.calibration import CalibrationConfig, Calibrator
@@ -57,6 +65,12 @@ class _Wave:
     err: np.ndarray  # (m, c_max) per-channel squared error (0 beyond a device's channels)
     above: np.ndarray  # (m, c_max) bool, value above the forecast
     dev: np.ndarray  # (m, c_max) squared deviation from the normaliser's mean (z^2)
+    day: np.ndarray  # (m, c_max) squared deviation from the time-of-day profile
+    level: np.ndarray  # (m, c_max) squared short-term level of z
+
+    def evidence(self) -> tuple[np.ndarray, ...]:
+        """The per-channel evidence the calibration scores, in its signal order."""
+        return self.err, self.dev, self.day, self.level
 
 
 class ScoringPipeline:
@@ -98,7 +112,7 @@ class ScoringPipeline:
                 wave = self._step(batch, valid[waves == k], status)
                 if wave is None:
                     continue
-                evidence = np.stack([wave.err.sum(axis=1), wave.dev.sum(axis=1)], axis=1)
+                evidence = np.stack([e.sum(axis=1) for e in wave.evidence()], axis=1)  # (m, SIGNALS)
                 evidence /= batch.n_channels[wave.idx][:, None]
                 wave_scores = self.calibrator.update(self.store, wave.slots, evidence)
                 transitions = self.policy.update(self.store, wave.slots, wave_scores, wave.ts)
@@ -159,15 +173,26 @@ class ScoringPipeline:
         rows_of["pred"][rows_t] = pred
         cols["steps"][slots] += 1
 
-        resid_np = resid.to("cpu", torch.float64).numpy()
-        err = np.zeros((len(idx), batch.values.shape[1]))
-        above = np.zeros_like(err, dtype=bool)
+        # evidence: forecast residual, deviation from the mean, from the daily profile, short-term level
+        seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
+        zc = z.clamp(-Z_CLIP, Z_CLIP)
+        day_rate = torch.from_numpy(day_rates(ts - last, self.normaliser)[owner]).to(self.device)
+        day_bin = torch.from_numpy(day_bins(ts)[owner]).to(self.device)
+        day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows_t, day_bin, day_rate)  # (r,)
+        level = rows_of["level"][rows_t]  # (r,)
+        level_update(zc, seen, level, self.normaliser)
+        rows_of["level"][rows_t] = level
+        shape = (len(idx), batch.values.shape[1])
+        resid_np, z_np, day_np, level_np = (
+            t.to("cpu", torch.float64).numpy() for t in (resid, z, day, level))
+        err, dev, day_sq, level_sq = (np.zeros(shape) for _ in range(4))
+        above = np.zeros(shape, dtype=bool)
         err[owner, chan] = resid_np * resid_np
         above[owner, chan] = resid_np > 0
-        dev = np.zeros_like(err)
-        z_np = z.to("cpu", torch.float64).numpy()
         dev[owner, chan] = np.where(first_dev[owner], 0.0, z_np * z_np)
-        return _Wave(idx, slots, ts, err, above, dev)
+        day_sq[owner, chan] = day_np * day_np
+        level_sq[owner, chan] = level_np * level_np
+        return _Wave(idx, slots, ts, err, above, dev, day_sq, level_sq)
 
     def _events(
         self, batch: ReadingBatch, wave: _Wave, scores: np.ndarray, transitions: Transitions
