@@ -255,7 +255,7 @@ def alert_quality(fleet: Any, alerts: list[dict[str, Any]], grace_steps: int = 1
         episodes += len(hits)
         explained.update((fault.device_id, t) for t in hits)
     free = set(fleet.fault_free_devices)
-    days = (fleet.ts[-1] - fleet.ts[0] + period) / 86_400.0
+    days = float(fleet.ts[-1] - fleet.ts[0] + period) / 86_400.0
     false_free = sum(len(ts) for device, ts in firing.items() if device in free)
     unexplained = sum(1 for device, ts in firing.items() if device not in free for t in ts
                       if (device, t) not in explained)
@@ -272,6 +272,20 @@ def alert_quality(fleet: Any, alerts: list[dict[str, Any]], grace_steps: int = 1
     }
 
 
+def replay_events(fleet: Any, pipeline: Any) -> list[tuple[str, str, float]]:
+    """(alert_id, state, ts) of the alerts the pipeline raises on the fleet, fed directly in big batches."""
+    from streamer.ingest.codec import ReadingDecoder
+    from streamer.ingest.dead_letter import RawRecord
+    from streamer.tools.simulate import reading_messages
+
+    messages = enumerate(reading_messages(fleet))
+    records = [RawRecord("direct", 0, i, key, value) for i, (key, value, _) in messages]
+    decoder, events = ReadingDecoder(), []
+    for start in range(0, len(records), 20_000):
+        events += pipeline.score(decoder.decode(records[start:start + 20_000]).batch).events
+    return [(e.alert_id, e.state, e.ts) for e in events]
+
+
 def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique_topic_name,
                                                          pipeline_factory):
     from streamer.tools.simulate import generate_fleet, reading_messages
@@ -283,6 +297,9 @@ def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique
         produce(kafka_bootstrap, settings.readings_topic, messages)
         wait_for(lambda: daemon.accounting.totals["consumed"] >= len(messages), 120, "the fleet consumed")
     alerts = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
+    # The daemon (two partitions, its own batching, Kafka in between) alerts exactly like a direct replay.
+    direct = replay_events(fleet, pipeline_factory())
+    assert sorted((a["alert_id"], a["state"], a["ts"]) for a in alerts) == sorted(direct)
     quality = alert_quality(fleet, alerts)
     print(f"\nfleet alert quality: {quality}")
     assert quality["recall"] >= RECALL_MIN, quality
