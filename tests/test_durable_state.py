@@ -1,0 +1,280 @@
+"""Durable device state on a real broker: kill -9, scale-out 1 → 3 → 1, a broker restart, a flood.
+
+Each test compares the scores the daemon published (RNNWATCH_SCORES_TOPIC) with one uninterrupted
+in-process run over the same readings: every reading must be scored at least once, and every score
+must equal the uninterrupted one within 1e-5 (replays may publish a reading twice, with the same score).
+
+Sizes: the kill -9 test streams KILL9_READINGS readings from KILL9_DEVICES devices (CI default 30,000
+from 300; the issue's 100,000 from 1,000 with RNNWATCH_TEST_KILL9_READINGS=100000
+RNNWATCH_TEST_KILL9_DEVICES=1000). The flood test (1 M device ids) is marked `slow`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from streamer.ingest.codec import ReadingDecoder
+from streamer.ingest.dead_letter import RawRecord
+from streamer.kafka.admin import TopicSpec, ensure_topics
+from streamer.kafka.broker import free_port
+from streamer.service.daemon import Daemon
+from streamer.service.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+KILL9_READINGS = int(os.environ.get("RNNWATCH_TEST_KILL9_READINGS", "30000"))
+KILL9_DEVICES = int(os.environ.get("RNNWATCH_TEST_KILL9_DEVICES", "300"))
+TOLERANCE = 1e-5
+Message = tuple[bytes, bytes]
+
+
+# ---- data and the uninterrupted reference ------------------------------------------------------------------
+def fleet(n_devices: int, n_readings: int, seed: int = 5, start_ts: float = 1.7e9) -> list[Message]:
+    """Readings of n_devices 3-channel sensors, round-robin in time, keyed by device id."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(20, 5, (n_devices, 3))
+    out = []
+    for i in range(n_readings):
+        d, t = i % n_devices, i // n_devices
+        values = base[d] + 2 * np.sin(t / 9 + d) + rng.normal(0, 0.3, 3)
+        if rng.random() < 0.002:
+            values[int(rng.integers(3))] += 15  # a spike now and then, so some scores are large
+        device = f"sensor-{d:05d}"
+        named = dict(zip(("temp", "rpm", "vib"), values.tolist(), strict=True))
+        out.append((device.encode(), orjson.dumps({"device_id": device, "ts": start_ts + 60 * t,
+                                                   "values": named})))
+    return out
+
+
+def reference_scores(messages: list[Message], batch: int = 5_000) -> dict[tuple[str, float], float]:
+    """{(device, ts): score} of one in-process pipeline fed the messages in order."""
+    from streamer.scoring.factory import build_pipeline
+
+    pipe, decoder, out = build_pipeline(None, "cpu"), ReadingDecoder(), {}
+    for start in range(0, len(messages), batch):
+        chunk = messages[start:start + batch]
+        records = [RawRecord("r", 0, start + i, k, v) for i, (k, v) in enumerate(chunk)]
+        decoded = decoder.decode(records)
+        scored = pipe.score(decoded.batch)
+        assert (scored.status == 0).all()
+        out.update(zip(zip(decoded.batch.device_ids, decoded.batch.ts.tolist(), strict=True),
+                       scored.scores.tolist(), strict=True))
+    return out
+
+
+def published_scores(bootstrap: str, topic: str) -> dict[tuple[str, float], list[float]]:
+    """{(device, ts): every score published for it}; read to the fetch high watermark (see changelog)."""
+    from streamer.checkpoint.changelog import ChangelogReader, restore_consumer_factory
+    from streamer.kafka.admin import partition_count
+    from streamer.kafka.client_config import KafkaClientSettings
+
+    out: dict[tuple[str, float], list[float]] = defaultdict(list)
+
+    def add(records: list[Any]) -> None:
+        for record in records:
+            value = orjson.loads(record.value)
+            out[(value["device_id"], value["ts"])].append(value["anomaly_score"])
+
+    kafka = KafkaClientSettings(bootstrap)
+    ChangelogReader(restore_consumer_factory(kafka), topic).read(range(partition_count(kafka, topic)), add)
+    return out
+
+
+def assert_equal_to_reference(published: dict, reference: dict) -> dict[str, float]:
+    missing = set(reference) - set(published)
+    assert not missing, f"{len(missing)} readings never scored, e.g. {sorted(missing)[:3]}"
+    worst, replayed = 0.0, 0
+    for key, values in published.items():
+        replayed += len(values) - 1
+        for value in values:
+            worst = max(worst, abs(value - reference[key]))
+    assert worst <= TOLERANCE, f"a score differs from the uninterrupted run by {worst}"
+    assert sum(v > 0 for v in reference.values()) > 0.1 * len(reference), "scores past warm-up are non-zero"
+    return {"readings": len(reference), "published_twice_or_more": replayed, "max_abs_diff": worst}
+
+
+def produce_paced(bootstrap: str, topic: str, messages: list[Message], seconds: float) -> None:
+    """Send the messages spread over about `seconds` (in 50 slices), keyed, acknowledged."""
+    from kafka import KafkaProducer
+
+    from streamer.kafka.client_config import producer_throughput_kwargs
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **producer_throughput_kwargs())
+    errors: list[BaseException] = []
+    slices = 50
+    step = max(1, len(messages) // slices)
+    for start in range(0, len(messages), step):
+        for key, value in messages[start:start + step]:
+            producer.send(topic, key=key, value=value).add_errback(errors.append)
+        producer.flush(60)
+        time.sleep(seconds / slices)
+    producer.close()
+    assert not errors, errors[:3]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def topics_env(bootstrap: str, name: Callable[[str], str], partitions: int) -> dict[str, str]:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RNNWATCH_GROUP_ID": name("group"),
+           "RNNWATCH_READINGS_TOPIC": name("readings"), "RNNWATCH_ALERTS_TOPIC": name("alerts"),
+           "RNNWATCH_DLQ_TOPIC": name("dlq"), "RNNWATCH_SCORES_TOPIC": name("scores"),
+           "RNNWATCH_DEVICE": "cpu", "RNNWATCH_CHECKPOINT_INTERVAL_S": "1"}
+    ensure_topics(bootstrap, [TopicSpec(env["RNNWATCH_READINGS_TOPIC"], partitions)])
+    return env
+
+
+# ---- kill -9 -----------------------------------------------------------------------------------------------
+def ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def start_serve(env: dict[str, str], log: Any) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamer.cli", "serve", "--session-timeout-ms", "2000", "--metrics-host",
+           "127.0.0.1", "--topic-partitions", "4", "--metrics-port", str(port)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: ready(port) or proc.poll() is not None, 90, "rnnwatch serve ready")
+    assert proc.poll() is None, "rnnwatch serve exited at start"
+    return proc, port
+
+
+def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootstrap, unique_topic_name,
+                                                                     tmp_path):
+    messages = fleet(KILL9_DEVICES, KILL9_READINGS)
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4)
+    rng = random.Random(9)
+    producer = threading.Thread(target=produce_paced, args=(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
+                                                            messages, 30.0))
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - shared by the five processes
+    proc, _ = start_serve(env, log)
+    producer.start()
+    kills = []
+    try:
+        for _ in range(5):
+            time.sleep(rng.uniform(0.5, 5.0))  # a random moment: polling, scoring, publishing, checkpointing
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            kills.append(time.monotonic())
+            proc, _ = start_serve(env, log)
+        producer.join(120)
+        scores_topic = env["RNNWATCH_SCORES_TOPIC"]
+        wait_for(lambda: len(published_scores(kafka_bootstrap, scores_topic)) >= len(messages), 180,
+                 "every reading scored")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    figures = assert_equal_to_reference(published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"]),
+                                        reference_scores(messages))
+    lines = [orjson.loads(line) for line in (tmp_path / "serve.log").read_bytes().splitlines()
+             if line.startswith(b"{")]
+    restored = [line["devices"] for line in lines if line["msg"].startswith("restored ")]
+    print(f"\nkill -9 x5 over {KILL9_READINGS} readings / {KILL9_DEVICES} devices: {figures}, "
+          f"devices restored at each start: {restored}")
+    assert len(kills) == 5 and len(restored) >= 6 and max(restored) > 0
+
+
+# ---- 1 → 3 → 1 daemons in one group ------------------------------------------------------------------------
+@contextmanager
+def daemon_thread(settings: Settings) -> Iterator[Daemon]:
+    from streamer.scoring.factory import build_pipeline
+
+    daemon = Daemon(settings, build_pipeline(None, "cpu"))
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run(daemon, errors), name=f"daemon-{id(daemon)}", daemon=True)
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        thread.join(60)
+        assert not thread.is_alive(), "a daemon did not stop within 60 s (hung)"
+        assert not errors, errors
+
+
+def _run(daemon: Daemon, errors: list[BaseException]) -> None:
+    try:
+        daemon.run()
+    except BaseException as exc:  # surfaced by daemon_thread
+        errors.append(exc)
+
+
+def test_one_three_one_daemons_share_the_partitions_and_score_as_one(kafka_bootstrap, unique_topic_name):
+    messages = fleet(240, 24_000, seed=8)
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=6)
+    settings = replace(Settings.from_sources(None, {**env, "RNNWATCH_METRICS_PORT": "0"}),
+                       metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=6)
+    producer = threading.Thread(target=produce_paced,
+                                args=(kafka_bootstrap, settings.readings_topic, messages, 30.0))
+    with daemon_thread(settings) as first:
+        wait_for(lambda: first.readiness()[0], 60, "first daemon ready")
+        producer.start()
+        time.sleep(5)
+        with daemon_thread(settings) as second, daemon_thread(settings) as third:
+            members = (first, second, third)
+            wait_for(lambda: all(d.consumer and d.consumer.assigned for d in members)
+                     and all(d.readiness()[0] for d in members), 60, "three members sharing the partitions")
+            shares = [sorted(tp.partition for tp in d.consumer.assigned) for d in members]
+            time.sleep(6)
+        wait_for(lambda: len(first.consumer.assigned) == 6 and first.readiness()[0], 60, "one member again")
+        producer.join(120)
+        wait_for(lambda: len(published_scores(kafka_bootstrap, settings.scores_topic)) >= len(messages), 120,
+                 "every reading scored")
+        rebalances = first.consumer.rebalances
+    assert sorted(p for share in shares for p in share) == list(range(6)) and all(shares), shares
+    figures = assert_equal_to_reference(published_scores(kafka_bootstrap, settings.scores_topic),
+                                        reference_scores(messages))
+    print(f"\n1 -> 3 -> 1: shares {shares}, {rebalances} rebalances seen by the first member, {figures}")
+
+
+# ---- the broker goes away and comes back -------------------------------------------------------------------
+def test_broker_restart_mid_stream_not_ready_then_resumes(embedded_broker, unique_topic_name):
+    bootstrap = embedded_broker.bootstrap_servers
+    env = topics_env(bootstrap, unique_topic_name, partitions=2)
+    settings = replace(Settings.from_sources(None, {**env, "RNNWATCH_METRICS_PORT": "0"}),
+                       metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=2,
+                       consumer_lag_interval_s=1.0, publish_timeout_s=10.0)
+    before, after = fleet(50, 5_000, seed=1), fleet(50, 5_000, seed=2, start_ts=1.8e9)
+    with daemon_thread(settings) as daemon:
+        wait_for(lambda: daemon.readiness()[0], 60, "daemon ready")
+        produce_paced(bootstrap, settings.readings_topic, before, 2.0)
+        wait_for(lambda: daemon.accounting.totals["scored"] >= len(before), 60, "first stream scored")
+        embedded_broker.stop()
+        wait_for(lambda: not daemon.readiness()[0], 30, "not ready while the broker is away")
+        reason = daemon.readiness()[1]
+        time.sleep(3)
+        embedded_broker.start()  # same port; the embedded broker lost every topic, offset and producer id
+        ensure_topics(bootstrap, [TopicSpec(t, 2) for t in settings.topics.values()])
+        produce_paced(bootstrap, settings.readings_topic, after, 2.0)
+        wait_for(lambda: daemon.accounting.totals["scored"] >= len(before) + len(after), 120,
+                 "the stream after the restart scored")
+        wait_for(lambda: daemon.readiness()[0], 60, "ready again")
+        scored_after = published_scores(bootstrap, settings.scores_topic)
+    assert set(scored_after) >= {(orjson.loads(v)["device_id"], orjson.loads(v)["ts"]) for _, v in after}
+    print(f"\nbroker restart: not ready while away ({reason!r}), resumed, scored {len(after)} new readings")
