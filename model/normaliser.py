@@ -29,7 +29,7 @@ Z_CLIP = 8.0  # model inputs are clipped to +-Z_CLIP: one wild value must not sa
 
 @dataclass(frozen=True)
 class NormaliserConfig:
-    alpha: float = 1.0 / 512  # EWMA weight once warmed up (half-life about 355 readings)
+    alpha: float = 1.0 / 2048  # EWMA weight once warmed up (half-life about 1420 readings)
     rel_floor: float = 1e-3  # std floor relative to |mean|: flat lines do not turn noise into alarms
     abs_floor: float = 1e-6  # absolute std floor
     day_weight: float = 0.5  # weight of one day's visit of a time-of-day bin in that bin's profile
