@@ -89,22 +89,35 @@ def day_rates(dt: np.ndarray, config: NormaliserConfig) -> np.ndarray:
 
 def day_residual_and_update(
     z: torch.Tensor,  # (R,) float32, clipped z
-    seen: torch.Tensor,  # (R,) bool, z is meaningful (the row had history before this value)
+    seen: torch.Tensor,  # (R,) bool, z is meaningful (the normaliser has settled)
     profile: torch.Tensor,  # (R_all, DAY_BINS) float16, every row's profile (updated in place)
     rows: torch.Tensor,  # (R,) int64, which profile rows these are
     bins: torch.Tensor,  # (R,) int64, time-of-day bin of each value
     rate: torch.Tensor,  # (R,) float32, from `day_rates`
 ) -> torch.Tensor:
     """z minus its bin's profile (NaN for a bin never visited), then fold z into the bin: (R,) float32."""
-    p = profile[rows, bins].to(torch.float32)  # (R,)
+    flat = profile.view(-1)  # (R_all * DAY_BINS,)
+    at = rows * DAY_BINS + bins  # (R,)
+    p = flat[at].to(torch.float32)  # (R,)
     known = p != _UNSEEN
-    resid = torch.where(known & seen, z - p, torch.full_like(z, float("nan")))
+    resid = (z - p).masked_fill_(~(known & seen), float("nan"))
     learned = torch.where(known, p + rate * (z - p), z).to(profile.dtype)
-    learned = torch.where(learned == _UNSEEN, torch.full_like(learned, _TINY), learned)
-    profile[rows, bins] = torch.where(seen, learned, p.to(profile.dtype))
+    learned.masked_fill_(learned == _UNSEEN, _TINY)
+    keep = ~seen
+    learned[keep] = p[keep].to(profile.dtype)
+    flat[at] = learned
     return resid
 
 
-def level_update(z: torch.Tensor, seen: torch.Tensor, level: torch.Tensor, config: NormaliserConfig) -> None:
-    """Fold clipped z (R,) into the short-term level (R,) float32 in place, where `seen`."""
-    level.add_(torch.where(seen, config.level_beta * (z - level), torch.zeros_like(level)))
+def level_update(
+    z: torch.Tensor,  # (R,) float32, clipped z
+    seen: torch.Tensor,  # (R,) bool
+    level: torch.Tensor,  # (R_all,) float32, every row's level (updated in place)
+    rows: torch.Tensor,  # (R,) int64
+    config: NormaliserConfig,
+) -> torch.Tensor:
+    """Fold z into the short-term level of these rows where `seen`; returns their new level (R,)."""
+    old = level[rows]
+    new = torch.where(seen, old + config.level_beta * (z - old), old)
+    level[rows] = new
+    return new

@@ -64,13 +64,7 @@ class _Wave:
     ts: np.ndarray  # (m,) event time
     err: np.ndarray  # (m, c_max) per-channel squared error (0 beyond a device's channels)
     above: np.ndarray  # (m, c_max) bool, value above the forecast
-    dev: np.ndarray  # (m, c_max) squared deviation from the normaliser's mean (z^2)
-    day: np.ndarray  # (m, c_max) squared deviation from the time-of-day profile
-    level: np.ndarray  # (m, c_max) squared short-term level of z
-
-    def evidence(self) -> tuple[np.ndarray, ...]:
-        """The per-channel evidence the calibration scores, in its signal order."""
-        return self.err, self.dev, self.day, self.level
+    evidence: np.ndarray  # (m, SIGNALS) what the calibration scores, averaged over channels (NaN: none)
 
 
 class ScoringPipeline:
@@ -112,8 +106,7 @@ class ScoringPipeline:
                 wave = self._step(batch, valid[waves == k], status)
                 if wave is None:
                     continue
-                evidence = np.stack([e.sum(axis=1) for e in wave.evidence()], axis=1)  # (m, SIGNALS)
-                evidence /= batch.n_channels[wave.idx][:, None]
+                evidence = wave.evidence  # (m, SIGNALS)
                 wave_scores = self.calibrator.update(self.store, wave.slots, evidence)
                 transitions = self.policy.update(self.store, wave.slots, wave_scores, wave.ts)
                 scores[wave.idx] = wave_scores
@@ -173,26 +166,23 @@ class ScoringPipeline:
         rows_of["pred"][rows_t] = pred
         cols["steps"][slots] += 1
 
-        # evidence: forecast residual, deviation from the mean, from the daily profile, short-term level
+        # evidence, one value per signal (see streamer.scoring.calibration): forecast residual, deviation
+        # from the mean, from the time-of-day profile, short-term level; squared, averaged over channels
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
         zc = z.clamp(-Z_CLIP, Z_CLIP)
         day_rate = torch.from_numpy(day_rates(ts - last, self.normaliser)[owner]).to(self.device)
         day_bin = torch.from_numpy(day_bins(ts)[owner]).to(self.device)
         day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows_t, day_bin, day_rate)  # (r,)
-        level = rows_of["level"][rows_t]  # (r,)
-        level_update(zc, seen, level, self.normaliser)
-        rows_of["level"][rows_t] = level
-        shape = (len(idx), batch.values.shape[1])
-        resid_np, z_np, day_np, level_np = (
-            t.to("cpu", torch.float64).numpy() for t in (resid, z, day, level))
-        err, dev, day_sq, level_sq = (np.zeros(shape) for _ in range(4))
-        above = np.zeros(shape, dtype=bool)
-        err[owner, chan] = resid_np * resid_np
-        above[owner, chan] = resid_np > 0
-        dev[owner, chan] = np.where(first_dev[owner], 0.0, z_np * z_np)
-        day_sq[owner, chan] = day_np * day_np
-        level_sq[owner, chan] = level_np * level_np
-        return _Wave(idx, slots, ts, err, above, dev, day_sq, level_sq)
+        level = level_update(zc, seen, rows_of["level"], rows_t, self.normaliser)  # (r,)
+        dev = torch.where(first, 0.0, z)
+        per_row = torch.stack([resid, dev, day, level], 1).to("cpu", torch.float64).numpy() ** 2  # (r, 4)
+        n_ch = batch.n_channels[idx].astype(np.int64)  # (m,)
+        evidence = np.add.reduceat(per_row, np.cumsum(n_ch) - n_ch, axis=0) / n_ch[:, None]  # (m, 4)
+        err = np.zeros((len(idx), batch.values.shape[1]))
+        above = np.zeros(err.shape, dtype=bool)
+        err[owner, chan] = per_row[:, 0]
+        above[owner, chan] = (resid > 0).cpu().numpy()
+        return _Wave(idx, slots, ts, err, above, evidence)
 
     def _events(
         self, batch: ReadingBatch, wave: _Wave, scores: np.ndarray, transitions: Transitions
