@@ -129,3 +129,26 @@ def test_send_raising_is_a_failure_not_a_crash_and_oversized_dead_letters_are_tr
     assert pub.flush_and_confirm(1.0) == 1
     _, _, value, headers = delivered[0]
     assert value == b"x" * 50 and ("rnnwatch.truncated_from", b"500") in headers
+
+
+def test_a_recreation_that_cannot_reach_the_broker_is_retried_at_the_next_confirm():
+    delivered: list = []
+    attempts: list[int] = []
+
+    def factory() -> FakeProducer:
+        attempts.append(1)
+        if len(attempts) == 1:
+            return FakeProducer(delivered, broken=True)
+        if len(attempts) <= 4:  # the broker is away for the next three builds
+            raise KafkaError("NoBrokersAvailable")
+        return FakeProducer(delivered)
+
+    pub = Publisher(factory, alerts_topic="alerts", dlq_topic="dlq", max_attempts=2)
+    pub.publish_alerts([alert()])
+    with pytest.raises(PublishError, match="no producer"):
+        pub.flush_and_confirm(5.0)
+    with pytest.raises(PublishError):
+        pub.flush_and_confirm(5.0)  # still unreachable: no crash, still pending
+    assert pub.pending == 1
+    assert pub.flush_and_confirm(5.0) == 1
+    assert len(delivered) == 1 and pub.recreated == 1

@@ -80,7 +80,7 @@ class Publisher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._factory = producer_factory
-        self._producer = producer_factory()
+        self._producer: Any = producer_factory()  # None while a recreation could not reach the broker
         self.alerts_topic, self.dlq_topic, self.scores_topic = alerts_topic, dlq_topic, scores_topic
         self.source_topic = source_topic
         self.max_attempts = max_attempts
@@ -123,6 +123,9 @@ class Publisher:
         self._try_send(out)
 
     def _try_send(self, out: _Out) -> None:
+        if self._producer is None:
+            out.future, out.error = None, BrokerError("no producer: broker unreachable at its rebuild")
+            return
         try:
             out.future = self._producer.send(out.topic, value=out.value, key=out.key, headers=out.headers)
             out.error = None
@@ -145,6 +148,10 @@ class Publisher:
         """
         deadline = self._clock() + timeout_s
         confirmed = 0
+        if self._producer is None:  # the last recreation failed: try again before flushing anything
+            self._recreate()
+            for out in self._pending:
+                self._try_send(out)
         for attempt in range(1, self.max_attempts + 1):
             self._flush(deadline)
             failed = [out for out in self._pending if not _acknowledged(out)]
@@ -168,18 +175,26 @@ class Publisher:
 
     def _flush(self, deadline: float) -> None:
         remaining = max(deadline - self._clock(), 0.001)
+        if self._producer is None:
+            return
         try:
             self._producer.flush(timeout=remaining)
         except Exception as exc:  # a KafkaTimeoutError here: the undone futures say which records
             log.debug("producer flush: %s", exc)
 
     def _recreate(self) -> None:
+        """Close the producer and build a new one; None (and a warning) when the broker is unreachable."""
         old, self._producer = self._producer, None
         try:
-            old.close(timeout=0)
+            if old is not None:
+                old.close(timeout=0)
         except Exception as exc:  # closing a broken producer may raise; the new one is what matters
             log.debug("closing the old producer: %s", exc)
-        self._producer = self._factory()
+        try:
+            self._producer = self._factory()
+        except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError: retried at the next confirm
+            log.warning("cannot build a new producer: %s: %s", type(exc).__name__, exc)
+            return
         self.recreated += 1
         self._on_recreate()
 
@@ -193,6 +208,8 @@ class Publisher:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is pending (best effort) and close the producer."""
+        if self._producer is None:
+            return
         try:
             self._producer.close(timeout=timeout_s)
         except Exception as exc:

@@ -51,5 +51,6 @@ def make_producer(settings: Settings) -> Any:
         request_timeout_ms=request_ms,
         delivery_timeout_ms=max(timeout_ms, request_ms + 100),
         max_block_ms=timeout_ms,
+        bootstrap_timeout_ms=min(timeout_ms, 10_000),  # a rebuild while the broker is away fails fast
         max_request_size=max(2 * settings.max_message_bytes, 1024 * 1024),
     ))

@@ -39,6 +39,7 @@ from streamer.service.startup import Stopped, prepare_topics, wait_for_broker
 log = logging.getLogger(__name__)
 
 OUTPUT_ROLES = ("readings", "alerts", "dlq", "scores")  # topics this daemon reads or writes
+READY_STALE_S = 15.0  # not ready while the loop is stuck this long (liveness waits for stale_after_s)
 
 
 class Daemon:
@@ -196,6 +197,9 @@ class Daemon:
     def readiness(self) -> tuple[bool, str]:
         if self._problem is not None:
             return False, self._problem
+        stuck = time.monotonic() - self._beat_at if self._beat_at is not None else 0.0
+        if stuck > max(READY_STALE_S, 3 * self.settings.poll_timeout_ms / 1000):
+            return False, f"main loop has not turned for {stuck:.0f} s (a batch, checkpoint or broker call)"
         if self._broker_problem is not None:
             return False, self._broker_problem
         if self.consumer is None or not self.consumer.assigned:
