@@ -86,7 +86,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     raws, daemons = [], []
     for i in range(args.repeat):  # alternate, so load from elsewhere on the machine hits both alike
         raws.append(_raw_consume_decode(settings, produced, f"bench-raw-{run_id}-{i}"))
-        daemons.append(_daemon_throughput(replace(settings, group_id=f"bench-daemon-{run_id}-{i}"), produced))
+        daemons.append(_daemon_throughput(_group(settings, f"bench-daemon-{run_id}-{i}"), produced))
     raw = float(np.median(raws))
     daemon = {"rate": float(np.median([d["rate"] for d in daemons])), "batches": daemons[0]["batches"]}
     result: dict[str, Any] = {
@@ -113,8 +113,8 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         }
     if not args.skip_latency:
         target = args.latency_fraction * daemon["rate"]
-        lat_settings = replace(settings, readings_topic=f"bench.lat.{run_id}",
-                               alerts_topic=f"bench.lat-alerts.{run_id}", group_id=f"bench-lat-{run_id}")
+        lat_settings = replace(_group(settings, f"bench-lat-{run_id}"), readings_topic=f"bench.lat.{run_id}",
+                               alerts_topic=f"bench.lat-alerts.{run_id}")
         latency = _alert_latency(lat_settings, target, args.latency_seconds, args.devices, args.channels)
         result["latency"] = {"rate_fraction": args.latency_fraction, **latency}
     return result
@@ -314,6 +314,11 @@ class _RunningDaemon:
         self.thread.join(60)
         if self.errors:
             raise self.errors[0]
+
+
+def _group(settings: Any, group_id: str) -> Any:
+    """Settings of a fresh consumer group with its own state changelog (nothing restored from others)."""
+    return replace(settings, group_id=group_id, state_topic=f"{group_id}.state")
 
 
 def _wait(condition: Any, timeout_s: float, what: str) -> None:
