@@ -290,6 +290,24 @@ def test_the_record_covering_most_readings_wins_and_tombstones_remove():
     assert restorer.last["invalid"] == 1
 
 
+def test_states_counted_in_another_incarnation_of_the_topic_keep_state_but_not_offsets():
+    rows, log, committed = stream(), FakeLog(), {}
+    first = Member(log, committed)
+    first.checkpointer.log_id = b"A" * 16
+    first.run(rows[:400], 50)
+    first.checkpointer.checkpoint(PARTS)
+    second = Member(log, committed)
+    second.restorer.log_id = b"B" * 16  # the readings topic was recreated (or the broker lost its log)
+    second.restorer.request(PARTS)
+    second.restorer.restore()
+    store = second.pipe.store
+    assert second.restorer.last["relogged"] == 10
+    assert (store.cols["source_offset"][store.live] == -1).all()
+    assert (store.cols["steps"][store.live] > 0).all(), "the recurrent state itself is kept"
+    second.run([(d, ts + 1e6, v, p, 0) for d, ts, v, p, _ in rows[:10]], 10)  # offset 0 again: applied
+    assert second.skipped == 0 and len(second.scores) == 10
+
+
 # ---- model version mismatch: warm-up ---------------------------------------------------------------
 def test_a_state_from_another_model_version_re_enters_warm_up(reference):
     rows, log, committed, metrics = stream(), FakeLog(), {}, Metrics()

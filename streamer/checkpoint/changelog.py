@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from streamer.errors import BrokerError
-from streamer.kafka.admin import TopicSpec, ensure_topics, partition_count
+from streamer.kafka.admin import TopicSpec, admin_client, ensure_topics, partition_count, probe_metadata
 from streamer.kafka.client_config import KafkaClientSettings, consumer_kwargs
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,10 @@ class ChangelogWriter:
 
     def __init__(self, producer_factory: Callable[[], Any], topic: str, *, chunk: int = 20_000,
                  max_attempts: int = 3, on_recreate: Callable[[], None] = lambda: None,
+                 reachable: Callable[[], bool] = lambda: True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._factory = producer_factory
+        self._reachable = reachable
         self._producer: Any = None
         self.topic = topic
         self.chunk = chunk
@@ -65,18 +67,21 @@ class ChangelogWriter:
         self.bytes_written = 0
         self.records_written = 0
 
-    def write(self, records: Iterable[Record], timeout_s: float = 30.0) -> int:
-        """Send every record and wait until all are acknowledged; `CheckpointError` otherwise."""
-        deadline = self._clock() + timeout_s
+    def write(self, records: Iterable[Record], timeout_s: float = 20.0) -> int:
+        """Send every record and wait until all are acknowledged; `CheckpointError` otherwise.
+
+        `timeout_s` bounds each chunk of `chunk` records (so a big checkpoint gets more time).
+        """
         total = 0
         for chunk in _chunks(records, self.chunk):
-            self._write_chunk(chunk, deadline)
+            self._write_chunk(chunk, self._clock() + timeout_s)
             total += len(chunk)
         return total
 
     def _write_chunk(self, chunk: list[Record], deadline: float) -> None:
         pending = chunk
         for attempt in range(1, self.max_attempts + 1):
+            self._ensure_producer()
             futures = [self._send(record) for record in pending]
             self._flush(deadline)
             failed = [(record, f) for record, f in zip(pending, futures, strict=True) if not _acked(f)]
@@ -93,11 +98,21 @@ class ChangelogWriter:
             self._recreate()
             pending = [record for record, _ in failed]
 
+    def _ensure_producer(self) -> None:
+        """A producer, built only when the broker answers (building one blocks while it does not)."""
+        if self._producer is not None:
+            return
+        if not self._reachable():
+            raise CheckpointError(f"broker unreachable: state records to {self.topic} not written; the "
+                                  "devices stay dirty and will be written again")
+        try:
+            self._producer = self._factory()
+        except Exception as exc:  # kafka-python raises its own timeouts and connection errors
+            raise CheckpointError(f"cannot create the state producer: {type(exc).__name__}: {exc}") from exc
+
     def _send(self, record: Record) -> Any:
         partition, key, value = record
         try:
-            if self._producer is None:
-                self._producer = self._factory()
             return self._producer.send(self.topic, key=key.encode(), value=value, partition=partition)
         except Exception as exc:  # send() raises for a closed or broken producer: resend it later
             return _Failed(exc)
@@ -159,6 +174,39 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
+def topic_log_id(kafka: KafkaClientSettings, topic: str) -> Callable[[], bytes]:
+    """The topic's Kafka topic id (16 bytes; zeros when the broker has none): changes when it is recreated."""
+
+    def identify() -> bytes:
+        import uuid
+
+        with admin_client(kafka, timeout_s=5.0) as admin:
+            try:
+                described = admin.describe_topics([topic])
+            except Exception as exc:  # kafka-python errors: the broker is not answering well
+                raise BrokerError(f"cannot describe topic {topic}: {exc}") from exc
+        raw = described[0].get("topic_id") if described else None
+        try:
+            return uuid.UUID(str(raw)).bytes if raw else bytes(16)
+        except ValueError:
+            return bytes(16)
+
+    return identify
+
+
+def broker_reachable(kafka: KafkaClientSettings, timeout_s: float = 2.0) -> Callable[[], bool]:
+    """A quick check to run before building a client: kafka-python blocks up to 30 s bootstrapping one."""
+
+    def check() -> bool:
+        try:
+            probe_metadata(kafka, timeout_s=timeout_s)
+            return True
+        except BrokerError:
+            return False
+
+    return check
+
+
 def _caught_up(consumer: Any, tp: Any, listed_end: int) -> bool:
     """Read to the end: past the listed end offset *and* the high watermark of the latest fetch.
 
@@ -188,8 +236,10 @@ def restore_consumer_factory(kafka: KafkaClientSettings) -> Callable[[], Any]:
 class ChangelogReader:
     """Reads changelog partitions from their beginning to their end (as of the start of the read)."""
 
-    def __init__(self, consumer_factory: Callable[[], Any], topic: str) -> None:
+    def __init__(self, consumer_factory: Callable[[], Any], topic: str,
+                 reachable: Callable[[], bool] = lambda: True) -> None:
         self._factory = consumer_factory
+        self._reachable = reachable
         self.topic = topic
 
     def read(self, partitions: Iterable[int], on_records: Callable[[list[Any]], None], *,
@@ -207,6 +257,8 @@ class ChangelogReader:
         tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
         if not tps:
             return 0
+        if not self._reachable():
+            raise BrokerError(f"broker unreachable: cannot read the state topic {self.topic}")
         consumer = self._factory()
         try:
             consumer.assign(tps)

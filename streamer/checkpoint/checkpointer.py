@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from streamer.checkpoint.changelog import ChangelogWriter
-from streamer.checkpoint.state_codec import encode_states
+from streamer.checkpoint.state_codec import NO_LOG_ID, encode_states
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.state_store import Column, StateStore
 
@@ -56,7 +56,7 @@ class Checkpointer:
         commit: Callable[[Mapping[int, int]], None],
         flush_outputs: Callable[[], None] = lambda: None,
         metrics: object | None = None,
-        write_timeout_s: float = 30.0,
+        write_timeout_s: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         store.add_columns(COLUMNS)
@@ -72,6 +72,7 @@ class Checkpointer:
         self._positions: dict[int, int] = {}  # partition -> next offset, applied but not committed
         self._tombstones: dict[int, set[str]] = {}
         self._next_at = clock() + interval_s
+        self.log_id = NO_LOG_ID  # topic id of the readings topic the offsets count in (set at restore)
 
     # ---- tracking -------------------------------------------------------------------------------------
     def track(self, batch: ReadingBatch, scored: ScoredBatch, offsets: Mapping[int, int]) -> None:
@@ -121,7 +122,7 @@ class Checkpointer:
         tombstones = [(p, device, None) for p in parts for device in self._tombstones.get(p, ())
                       if not self._rewritten(device)]
         self.writer.write(tombstones, self.write_timeout_s)  # before states: a resend cannot reorder them
-        values = encode_states(store, slots, self.model_version)
+        values = encode_states(store, slots, self.model_version, log_id=self.log_id)
         ids = [store.device_id(s) or "" for s in slots.tolist()]
         self.writer.write(zip(cols["ckpt_partition"][slots].tolist(), ids, values, strict=True),
                           self.write_timeout_s)

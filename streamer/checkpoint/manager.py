@@ -29,10 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from streamer.checkpoint.changelog import ChangelogReader, ChangelogWriter, restore_consumer_factory
+from streamer.checkpoint.changelog import (
+    ChangelogReader,
+    ChangelogWriter,
+    broker_reachable,
+    restore_consumer_factory,
+    topic_log_id,
+)
 from streamer.checkpoint.checkpointer import Checkpointer
 from streamer.checkpoint.eviction import DeviceEvictor
 from streamer.checkpoint.restore import Restorer
+from streamer.checkpoint.state_codec import NO_LOG_ID
 from streamer.errors import BrokerError, StateError
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 
@@ -46,7 +53,9 @@ class StateManager:
                  interval_s: float, max_devices: int, ttl_s: float,
                  commit: Callable[[Mapping[int, int]], None],
                  flush_outputs: Callable[[], None] = lambda: None, metrics: Any = None,
+                 identify_log: Callable[[], bytes] = lambda: NO_LOG_ID,
                  clock: Callable[[], float] = time.time) -> None:
+        self._identify_log = identify_log
         self.pipeline = pipeline
         self.store = pipeline.store
         self.writer = writer
@@ -72,11 +81,14 @@ class StateManager:
                       metrics: Any = None) -> StateManager:
         """The daemon's manager: `settings` is its `Settings` (state topic, interval, budget, TTL)."""
         on_recreate = metrics.producer_recreated.inc if metrics is not None else (lambda: None)
-        writer = ChangelogWriter(producer_factory, settings.state_topic, on_recreate=on_recreate)
-        reader = ChangelogReader(restore_consumer_factory(settings.kafka), settings.state_topic)
+        reachable = broker_reachable(settings.kafka)
+        writer = ChangelogWriter(producer_factory, settings.state_topic, on_recreate=on_recreate,
+                                 reachable=reachable)
+        reader = ChangelogReader(restore_consumer_factory(settings.kafka), settings.state_topic, reachable)
         return cls(pipeline, writer, reader, interval_s=settings.checkpoint_interval_s,
                    max_devices=settings.max_devices, ttl_s=settings.device_ttl_s, commit=commit,
-                   flush_outputs=flush_outputs, metrics=metrics)
+                   flush_outputs=flush_outputs, metrics=metrics,
+                   identify_log=topic_log_id(settings.kafka, settings.readings_topic))
 
     def attach(self, pause: Callable[[set[int]], None], resume: Callable[[set[int]], None]) -> None:
         """How to stop and restart fetching partitions (the daemon's consumer)."""
@@ -118,6 +130,8 @@ class StateManager:
         if not pending or time.monotonic() < self._retry_at:
             return
         try:
+            log_id = self._identify_log()  # offsets in states count in this incarnation of the topic
+            self.restorer.log_id = self.checkpointer.log_id = log_id
             self.restorer.restore()
         except (BrokerError, StateError) as exc:
             self._fail(f"restoring device state of partitions {sorted(pending)} failed: {exc}")

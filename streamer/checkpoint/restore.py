@@ -33,7 +33,13 @@ import numpy as np
 import torch
 
 from streamer.checkpoint.changelog import ChangelogReader
-from streamer.checkpoint.state_codec import StateRecord, StateSchema, decode_state, install_states
+from streamer.checkpoint.state_codec import (
+    NO_LOG_ID,
+    StateRecord,
+    StateSchema,
+    decode_state,
+    install_states,
+)
 from streamer.errors import StateError
 from streamer.scoring.state_store import StateStore
 
@@ -73,6 +79,7 @@ class Restorer:
         self.stall_timeout_s = stall_timeout_s
         self._on_installed = on_installed
         self.pending: set[int] = set()
+        self.log_id = NO_LOG_ID  # the readings topic's id now; states counted in another forget offsets
         self.last: dict[str, float] = {}  # figures of the latest restore, for logs, tests and the bench
 
     def request(self, partitions: Iterable[int]) -> None:
@@ -93,7 +100,8 @@ class Restorer:
         log.info("restoring device state of partitions %s from %s", parts, self.reader.topic)
         started = time.perf_counter()
         before = len(self.store)
-        run = _Run(self.store, StateSchema.of(self.store), self.model_version, self._on_installed)
+        run = _Run(self.store, StateSchema.of(self.store), self.model_version, self._on_installed,
+                   self.log_id)
         records = self.reader.read(parts, run.add, on_progress=self._progress,
                                    stall_timeout_s=self.stall_timeout_s)
         elapsed = time.perf_counter() - started
@@ -101,7 +109,12 @@ class Restorer:
         self.pending -= set(parts)
         self._progress(1, 1)
         self.last = {"partitions": len(parts), "records": records, "devices": run.installed,
-                     "mismatched": run.mismatched, "invalid": run.invalid, "seconds": elapsed}
+                     "mismatched": run.mismatched, "invalid": run.invalid, "relogged": run.relogged,
+                     "seconds": elapsed}
+        if run.relogged:
+            log.warning("%d restored states count offsets in another incarnation of the readings topic "
+                        "(deleted and recreated, or a broker that lost its log): they keep their state but "
+                        "not their offsets", run.relogged)
         m = self._metrics
         if m is not None:
             m.restored_devices.inc(run.installed)
@@ -121,10 +134,11 @@ class _Run:
     """One restore: applies chunks of changelog records to the store as they arrive."""
 
     def __init__(self, store: StateStore, schema: StateSchema, model_version: str,
-                 on_installed: Installed) -> None:
+                 on_installed: Installed, log_id: bytes = NO_LOG_ID) -> None:
         self.store, self.schema, self.model_version = store, schema, model_version
         self._on_installed = on_installed
-        self.installed = self.invalid = 0
+        self.log_id = log_id
+        self.installed = self.invalid = self.relogged = 0
         self._stale: set[str] = set()  # devices whose latest installed record re-entered warm-up
 
     @property
@@ -146,7 +160,10 @@ class _Run:
         versions = np.array([rec.model_version == self.model_version for rec in states])
         stale = ~known | ~versions
         reenter_warmup(store, slots[stale], keep_normaliser=known[stale])
-        self._on_installed(slots, int(records[0].partition), stale)
+        relogged = np.array([self.log_id != NO_LOG_ID and rec.log_id != self.log_id for rec in states])
+        store.cols["source_offset"][slots[relogged]] = -1  # those offsets counted in a log that is gone
+        self.relogged += int(relogged.sum())
+        self._on_installed(slots, int(records[0].partition), stale | relogged)
         self.installed += len(states)
         for rec, was_stale in zip(states, stale.tolist(), strict=True):
             if was_stale:

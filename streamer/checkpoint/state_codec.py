@@ -3,7 +3,7 @@
 Layout (little-endian), format 1:
 
     "RWS" | format u8 | flags u8 | n_channels u16 | schema u32 | source_offset i64 | last_ts f64
-    | payload_len u32 | device_id (u16 len + UTF-8) | model_version (u16 len + UTF-8)
+    | payload_len u32 | log_id 16 bytes | device_id (u16 len + UTF-8) | model_version (u16 len + UTF-8)
     | channel names (flags bit 0: n_channels x (u16 len + UTF-8); else positional) | payload | crc32 u32
 
 The payload is every `ROW_FIELDS` row of the device's channels and every store column, packed in the
@@ -11,6 +11,10 @@ order of a `StateSchema`, which is derived from the store itself (so a field ano
 is carried without this module knowing it). `schema` is the crc32 of the schema's text: a record
 written under another schema (a field added, a dtype changed, another state size) still yields its
 header (device, channels, offset, last timestamp) but not its payload (`StateRecord.payload_known`).
+
+`log_id` names the incarnation of the readings topic that `source_offset` counts in (its Kafka topic
+id): offsets of a deleted and recreated topic, or of a broker that lost its log, mean nothing, and
+restore must then not skip readings by them. All zeros: unknown (a broker without topic ids).
 
 Not serialised: `row_start` (where the slab put the rows: local to a process) and columns named
 `ckpt_*` (the checkpointer's bookkeeping). `n_channels`, `source_offset` and `last_ts` travel in the
@@ -47,7 +51,8 @@ LOCAL_COLUMNS = ("row_start",)
 BOOKKEEPING_PREFIX = "ckpt_"
 _POSITIONAL = 0
 _NAMED = 1
-_HEAD = struct.Struct("<3sBBHIqdI")
+_HEAD = struct.Struct("<3sBBHIqdI16s")
+NO_LOG_ID = bytes(16)
 _LEN = struct.Struct("<H")
 _CRC = struct.Struct("<I")
 
@@ -105,6 +110,7 @@ class StateRecord:
     last_ts: float
     schema: int
     payload: bytes = field(repr=False)
+    log_id: bytes = NO_LOG_ID
 
     def payload_known(self, schema: StateSchema) -> bool:
         return self.schema == schema.fingerprint
@@ -112,8 +118,10 @@ class StateRecord:
 
 # ---- encode ---------------------------------------------------------------------------------------
 def encode_states(store: StateStore, slots: np.ndarray, model_version: str,
-                  schema: StateSchema | None = None) -> list[bytes]:
-    """One value per slot (same order), for devices held in `store`."""
+                  schema: StateSchema | None = None, log_id: bytes = NO_LOG_ID) -> list[bytes]:
+    """One value per slot (same order), for devices held in `store`; `log_id`: see the module doc."""
+    if len(log_id) != 16:
+        raise StateError(f"log id must be 16 bytes (a topic id), got {len(log_id)}")
     schema = schema or StateSchema.of(store)
     slots = np.asarray(slots, dtype=np.int64)
     out: list[bytes] = [b""] * len(slots)
@@ -126,7 +134,7 @@ def encode_states(store: StateStore, slots: np.ndarray, model_version: str,
         size = schema.dtype(c).itemsize
         for j, i in enumerate(where.tolist()):
             slot = int(slots[i])
-            out[i] = _frame(store, slot, c, fingerprint, version, payloads[j * size:(j + 1) * size])
+            out[i] = _frame(store, slot, c, fingerprint, version, payloads[j * size:(j + 1) * size], log_id)
     return out
 
 
@@ -143,11 +151,12 @@ def _pack(store: StateStore, schema: StateSchema, slots: np.ndarray, c: int) -> 
     return packed.tobytes()
 
 
-def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: bytes, payload: bytes) -> bytes:
+def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: bytes, payload: bytes,
+           log_id: bytes) -> bytes:
     names = store.channel_names(slot)
     flags = _NAMED if names is not None else _POSITIONAL
     head = _HEAD.pack(MAGIC, FORMAT, flags, c, fingerprint, int(store.cols["source_offset"][slot]),
-                      float(store.cols["last_ts"][slot]), len(payload))
+                      float(store.cols["last_ts"][slot]), len(payload), log_id)
     parts = [head, _text(store.device_id(slot) or "", "device id"), version]
     if names is not None:
         parts.extend(_text(name, "channel name") for name in names)
@@ -173,7 +182,7 @@ def decode_state(value: bytes) -> StateRecord:
         raise StateError("not an rnnwatch state record (bad magic or too short)")
     if _CRC.unpack_from(value, len(value) - 4)[0] != zlib.crc32(memoryview(value)[:-4]):
         raise StateError("state record checksum mismatch: the record is corrupt")
-    _, fmt, flags, c, schema, offset, last_ts, size = _HEAD.unpack_from(value)
+    _, fmt, flags, c, schema, offset, last_ts, size, log_id = _HEAD.unpack_from(value)
     if fmt != FORMAT:
         raise StateError(f"state record format {fmt} is not supported (this build reads {FORMAT})")
     if flags not in (_POSITIONAL, _NAMED) or c < 1:
@@ -191,7 +200,7 @@ def decode_state(value: bytes) -> StateRecord:
     if pos + size != len(value) - 4:
         raise StateError(f"state record of device {device_id!r} has {len(value) - 4 - pos} payload bytes, "
                          f"its header says {size}")
-    return StateRecord(device_id, version, names, c, offset, last_ts, schema, value[pos:pos + size])
+    return StateRecord(device_id, version, names, c, offset, last_ts, schema, value[pos:pos + size], log_id)
 
 
 def _read_text(value: bytes, pos: int) -> tuple[str, int]:
