@@ -11,6 +11,8 @@ Beside the running mean, each row keeps two cheaper pictures of what is normal *
   interval). A value far from its bin's profile is a broken daily pattern: the rise that did not come;
 - a short-term level: an exponential average of z over the last ~`1 / level_beta` readings. A level
   far from 0 is a sustained shift that a one-step forecaster stops being surprised by after one step.
+  The same average of the forecaster's signed error (its *bias*) shows a forecast that keeps missing
+  the same way: dynamics the model expected to continue and that did not.
 
 Shapes: R rows; every tensor below is (R,) unless noted. Mean and variance are float64 so that a
 counter near 1e9 still normalises precisely; the returned z is float32. The profile is float16 (it
@@ -33,8 +35,8 @@ class NormaliserConfig:
     rel_floor: float = 1e-3  # std floor relative to |mean|: flat lines do not turn noise into alarms
     abs_floor: float = 1e-6  # absolute std floor
     day_weight: float = 0.5  # weight of one day's visit of a time-of-day bin in that bin's profile
-    level_beta: float = 1.0 / 16  # EWMA weight of the short-term level of z
-    settle: int = 32  # values a row must have seen before its z feeds the profile and the level
+    level_beta: float = 1.0 / 16  # EWMA weight of the short-term level of z and of the forecast bias
+    settle: int = 32  # values a row must have seen before its z feeds the profile, level and bias
 
 
 DAY_S = 86400.0
@@ -109,15 +111,15 @@ def day_residual_and_update(
     return resid
 
 
-def level_update(
-    z: torch.Tensor,  # (R,) float32, clipped z
-    seen: torch.Tensor,  # (R,) bool
-    level: torch.Tensor,  # (R_all,) float32, every row's level (updated in place)
+def ewma_update(
+    v: torch.Tensor,  # (R,) float32
+    seen: torch.Tensor,  # (R,) bool, where v is meaningful
+    average: torch.Tensor,  # (R_all,) float32, every row's average (updated in place)
     rows: torch.Tensor,  # (R,) int64
-    config: NormaliserConfig,
+    beta: float,
 ) -> torch.Tensor:
-    """Fold z into the short-term level of these rows where `seen`; returns their new level (R,)."""
-    old = level[rows]
-    new = torch.where(seen, old + config.level_beta * (z - old), old)
-    level[rows] = new
+    """Fold v into these rows' exponential average where `seen`; returns their new average (R,)."""
+    old = average[rows]
+    new = torch.where(seen, old + beta * (v - old), old)
+    average[rows] = new
     return new

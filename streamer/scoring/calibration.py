@@ -2,10 +2,13 @@
 
 Evidence per reading (SIGNALS of them, each averaged over the device's channels, in normalised units):
 
-0. the squared one-step forecast error of the recurrent model (spikes, dips, broken dynamics);
-1. the squared deviation of the value from the normaliser's running mean, z^2 (values far from usual);
-2. the squared deviation of z from its time-of-day profile (a broken daily pattern);
-3. the squared short-term level of z (a sustained shift the one-step forecast stops seeing).
+0. the squared one-step forecast error of the recurrent model (a value its recent dynamics did not
+   lead to, even inside the usual range);
+1. the squared forecast bias: the short-term average of that signed error (a forecast that keeps
+   missing the same way: dynamics the model expected to continue and that broke);
+2. the squared deviation of the value from the normaliser's running mean, z^2 (values far from usual);
+3. the squared deviation of z from its time-of-day profile (a broken daily pattern);
+4. the squared short-term level of z (a sustained shift the one-step forecast stops seeing).
 
 Each device keeps a count, a running mean and a running variance of each signal (cumulative while
 young, then an exponentially weighted one) and measures how many of its own standard deviations the
@@ -53,7 +56,7 @@ class CalibrationConfig:
     damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
 
 
-SIGNALS = 4  # evidence per reading: [forecast error, deviation from mean, from daily profile, level]
+SIGNALS = 5  # evidence per reading: [forecast error, forecast bias, deviation from mean, from profile, level]
 
 COLUMNS: tuple[Column, ...] = (
     Column("cal_count", np.int16, width=SIGNALS),  # readings seen per signal, saturating

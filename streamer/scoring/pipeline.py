@@ -26,7 +26,7 @@ from model.normaliser import (
     day_bins,
     day_rates,
     day_residual_and_update,
-    level_update,
+    ewma_update,
     model_input,
     normalise_and_update,
 )
@@ -166,18 +166,21 @@ class ScoringPipeline:
         rows_of["pred"][rows_t] = pred
         cols["steps"][slots] += 1
 
-        # evidence, one value per signal (see streamer.scoring.calibration): forecast residual, deviation
-        # from the mean, from the time-of-day profile, short-term level; squared, averaged over channels
+        # evidence, one value per signal (see streamer.scoring.calibration): forecast error, forecast bias,
+        # deviation from the mean, from the time-of-day profile, short-term level; squared, channel mean
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
         zc = z.clamp(-Z_CLIP, Z_CLIP)
         day_rate = torch.from_numpy(day_rates(ts - last, self.normaliser)[owner]).to(self.device)
         day_bin = torch.from_numpy(day_bins(ts)[owner]).to(self.device)
         day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows_t, day_bin, day_rate)  # (r,)
-        level = level_update(zc, seen, rows_of["level"], rows_t, self.normaliser)  # (r,)
+        beta = self.normaliser.level_beta
+        level = ewma_update(zc, seen, rows_of["level"], rows_t, beta)  # (r,)
+        bias = ewma_update(resid.clamp(-Z_CLIP, Z_CLIP), seen, rows_of["bias"], rows_t, beta)  # (r,)
         dev = torch.where(first, 0.0, z)
-        per_row = torch.stack([resid, dev, day, level], 1).to("cpu", torch.float64).numpy() ** 2  # (r, 4)
+        per_row = torch.stack([resid, bias, dev, day, level], 1).to("cpu", torch.float64).numpy()  # (r, 5)
+        per_row *= per_row
         n_ch = batch.n_channels[idx].astype(np.int64)  # (m,)
-        evidence = np.add.reduceat(per_row, np.cumsum(n_ch) - n_ch, axis=0) / n_ch[:, None]  # (m, 4)
+        evidence = np.add.reduceat(per_row, np.cumsum(n_ch) - n_ch, axis=0) / n_ch[:, None]  # (m, 5)
         err = np.zeros((len(idx), batch.values.shape[1]))
         above = np.zeros(err.shape, dtype=bool)
         err[owner, chan] = per_row[:, 0]

@@ -41,7 +41,8 @@ ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "norm_mean": (torch.float64, 1),
     "norm_var": (torch.float64, 1),
     "pred": (torch.float32, 1),
-    "level": (torch.float32, 1),  # short-term level of z (model.normaliser.level_update)
+    "level": (torch.float32, 1),  # short-term level of z (model.normaliser.ewma_update)
+    "bias": (torch.float32, 1),  # short-term average of the forecast error (model.normaliser.ewma_update)
     "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
 }
 
