@@ -369,25 +369,42 @@ def test_revoke_checkpoints_commits_and_hands_the_devices_over():
     assert len(log.parts[1]) == 5 and not log.parts[0]
 
 
-def test_a_flood_of_new_devices_stays_within_the_budget_and_known_devices_keep_scoring():
+def test_a_flood_of_new_devices_stays_within_the_budget_and_every_reading_is_scored():
     log, committed = FakeLog(), {}
     state = manager(log, committed, max_devices=50)
-    known = [(f"known-{i}", 1.0, [1.0, 2.0], 0, i) for i in range(10)]
-    feed(state, known)
+    sizes: list[int] = []
+    score = state.pipeline.score
+    state.pipeline.score = lambda batch: (sizes.append(len(state.store)), score(batch))[1]
+    known = [(f"known-{i}", 1.0 + t, [1.0, 2.0 + t], 0, 10 * t + i) for t in range(5) for i in range(10)]
+    feed(state, known)  # 10 established devices (5 readings each)
     capacity = state.store.device_capacity
-    offset = 10
-    for wave in range(20):  # 20 batches of 30 unseen devices, then one of 200: more than the whole budget
+    offset, steps = 50, 5
+    for wave in range(20):  # 19 batches of 30 unseen devices, then one of 200: four times the budget
         size = 200 if wave == 19 else 30
         flood = [(f"flood-{wave}-{i}", 2.0, [1.0, 2.0], 0, offset + i) for i in range(size)]
-        offset += len(flood)
-        known_again = [(f"known-{i}", 2.0 + wave, [1.0, 2.0], 0, offset + i) for i in range(10)]
+        offset += size
+        tail = [(f"known-{i}", 10.0 + wave, [1.0, 2.0], 0, offset + i) for i in range(10)]
         offset += 10
-        status = feed(state, known_again + flood)
-        assert (status[:10] == DropReason.SCORED).all(), "known devices are never the ones dropped"
-        assert len(state.store) <= 50
-    assert (status[10:] == DropReason.CAPACITY).sum() == 200 - 40
+        status = feed(state, flood[: size // 2] + tail + flood[size // 2:])
+        assert (status == DropReason.SCORED).all()
+        steps += 1
+        held = [state.store.slot(f"known-{i}") for i in range(10)]
+        assert None not in held and (state.store.cols["steps"][held] == steps).all(), "known state kept"
+    assert max(sizes) <= 50 and len(state.store) <= 50
+    assert len(sizes) >= 20 + 4, "the 200-device batch is scored in parts"
     assert state.store.device_capacity <= max(capacity, 64), "no growth past the budget's slab"
-    assert state.evictor.evicted > 500
+    assert state.evictor.evicted >= 19 * 30 + 200 - 50
+
+
+def test_only_when_nothing_is_evictable_are_new_devices_dropped():
+    log, committed = FakeLog(), {}
+    state = manager(log, committed, max_devices=5)
+    held = [(f"h{i}", 1.0, [1.0, 1.0], 0, i) for i in range(5)]
+    feed(state, held)
+    again = [(f"h{i}", 2.0, [1.0, 1.0], 0, 5 + i) for i in range(5)]
+    status = feed(state, [("new", 1.0, [1.0, 1.0], 0, 10), *again])  # every held device comes later
+    assert status[0] == DropReason.CAPACITY and (status[1:] == DropReason.SCORED).all()
+    assert state.evictor.refused == 1
 
 
 def test_evicted_devices_get_tombstones_only_when_the_changelog_holds_them():

@@ -281,3 +281,96 @@ def test_broker_restart_mid_stream_not_ready_then_resumes(embedded_broker, uniqu
     # the states written once the broker was back came from memory; their offsets counted in the lost log
     assert restored["devices"] == 50 and restored["relogged"] == 50, restored
     print(f"\nbroker restart: not ready while away ({reason!r}), resumed, scored {len(after)} new readings")
+
+
+# ---- a flood of unseen device ids ------------------------------------------------------------------------
+FLOOD_DEVICES = int(os.environ.get("RNNWATCH_TEST_FLOOD_DEVICES", "1000000"))
+FLOOD_BUDGET = 10_000
+RSS_GROWTH_BUDGET_MB = 300  # the stated budget: resident memory may grow this much over the idle daemon
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def flood_messages(n_flood: int, known: list[Message], n_known: int = 20, every: int = 1_000
+                   ) -> Iterator[Message]:
+    """The known devices' first 5 readings each, then n_flood batch messages of unseen devices (2
+    readings each) with the next reading of every known device after each `every` of them."""
+    yield from known[:5 * n_known]
+    rest = known[5 * n_known:]
+    for i in range(n_flood):
+        device = f"flood-{i:07d}"
+        readings = [{"ts": 1.7e9, "values": [float(i % 97), 1.0]},
+                    {"ts": 1.7e9 + 60, "values": [float(i % 89), 2.0]}]
+        yield device.encode(), orjson.dumps({"device_id": device, "readings": readings})
+        if (i + 1) % every == 0:
+            yield from rest[:n_known]
+            rest = rest[n_known:]
+    yield from rest
+
+
+@pytest.mark.slow
+def test_a_million_unseen_device_ids_stay_within_the_memory_budget(kafka_bootstrap, unique_topic_name,
+                                                                   tmp_path):
+    from kafka import KafkaProducer
+
+    from streamer.kafka.client_config import producer_throughput_kwargs
+
+    known = fleet(20, 20 * (5 + FLOOD_DEVICES // 1_000), seed=4)
+    env = {**topics_env(kafka_bootstrap, unique_topic_name, partitions=4),
+           "RNNWATCH_MAX_DEVICES": str(FLOOD_BUDGET), "RNNWATCH_CHECKPOINT_INTERVAL_S": "5"}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc, port = start_serve(env, log)
+    try:
+        idle = rss_mb(proc.pid)
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, **producer_throughput_kwargs())
+        peak, tracked_peak = idle, 0.0
+        for n, (key, value) in enumerate(flood_messages(FLOOD_DEVICES, known)):
+            producer.send(env["RNNWATCH_READINGS_TOPIC"], key=key, value=value)
+            if n % 50_000 == 0:
+                peak = max(peak, rss_mb(proc.pid))
+        producer.flush(120)
+        producer.close()
+
+        def done() -> bool:
+            nonlocal peak, tracked_peak
+            peak = max(peak, rss_mb(proc.pid))
+            metrics = scrape_metrics(port)
+            tracked_peak = max(tracked_peak, metrics.get("rnnwatch_devices_tracked", 0.0))
+            return metrics.get("rnnwatch_readings_consumed_total", 0) >= 2 * FLOOD_DEVICES + len(known)
+
+        wait_for(done, 600, "the flood consumed")
+        metrics = scrape_metrics(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    scores = published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"])
+    known_scores = {key: values for key, values in scores.items() if key[0].startswith("sensor-")}
+    figures = assert_equal_to_reference(known_scores, reference_scores(known))
+    summary = {"idle_rss_mb": round(idle), "peak_rss_mb": round(peak), "devices_tracked_peak": tracked_peak,
+               "state_memory_bytes": metrics["rnnwatch_state_memory_bytes"],
+               "evictions": metrics["rnnwatch_device_evictions_total"],
+               "dropped_capacity": metrics['rnnwatch_readings_dropped_total{reason="capacity"}'],
+               "known_devices": figures}
+    print(f"\nflood of {FLOOD_DEVICES} device ids against RNNWATCH_MAX_DEVICES={FLOOD_BUDGET}: {summary}")
+    assert tracked_peak <= FLOOD_BUDGET
+    assert peak - idle <= RSS_GROWTH_BUDGET_MB, summary
+    assert metrics["rnnwatch_device_evictions_total"] >= FLOOD_DEVICES // 2
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line.startswith("rnnwatch_"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

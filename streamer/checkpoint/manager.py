@@ -146,13 +146,21 @@ class StateManager:
         self._gauges()
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
-        """Admit the batch's new devices within the budget, then score what was admitted."""
+        """Score the batch within the device budget: in parts when it brings more new devices than fit."""
         self._check_rewind(batch)
-        admitted = self.evictor.admit(batch)
-        if admitted is None:
-            return self.pipeline.score(batch)
-        idx = np.flatnonzero(admitted)
-        return _expand(self.pipeline.score(_take(batch, idx)), idx, len(batch))
+        end, admitted = self.evictor.admit(batch)
+        if end == len(batch) and admitted is None:
+            return self.pipeline.score(batch)  # the usual case: one call, no copies
+        parts, start = [], 0
+        while True:
+            idx = np.arange(start, end)
+            if admitted is not None:
+                idx = idx[admitted]
+            parts.append((idx, self.pipeline.score(_take(batch, idx))))
+            if end == len(batch):
+                return _merge(parts, len(batch))
+            start = end
+            end, admitted = self.evictor.admit(batch, start)
 
     def applied(self, batch: ReadingBatch, scored: ScoredBatch, offsets: Mapping[int, int]) -> None:
         """The batch's output is acknowledged: remember what it changed and where it ends."""
@@ -241,15 +249,19 @@ def _take(batch: ReadingBatch, idx: np.ndarray) -> ReadingBatch:
                         batch.offsets[idx])
 
 
-def _expand(scored: ScoredBatch, idx: np.ndarray, n: int) -> ScoredBatch:
-    """A sub-batch's answer placed back at `idx` of an n-reading batch; the rest dropped as CAPACITY."""
+def _merge(parts: list[tuple[np.ndarray, ScoredBatch]], n: int) -> ScoredBatch:
+    """Answers for parts of an n-reading batch placed back at their rows; rows in none: CAPACITY."""
     scores = np.full(n, np.nan, dtype=np.float32)
     alerting = np.zeros(n, dtype=bool)
     status = np.full(n, DropReason.CAPACITY, dtype=np.uint8)
     top = np.full(n, -1, dtype=np.int16)
-    scores[idx], alerting[idx], status[idx], top[idx] = (scored.scores, scored.alerting, scored.status,
-                                                          scored.top_channel)
-    return ScoredBatch(scores, alerting, status, top, scored.events, scored.waves)
+    events, waves = [], 0
+    for idx, scored in parts:
+        scores[idx], alerting[idx], status[idx], top[idx] = (scored.scores, scored.alerting, scored.status,
+                                                              scored.top_channel)
+        events.extend(scored.events)
+        waves += scored.waves
+    return ScoredBatch(scores, alerting, status, top, events, waves)
 
 
 async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:

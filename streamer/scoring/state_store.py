@@ -259,8 +259,12 @@ class StateStore:
         """Slots of the devices not seen for more than `ttl_s` seconds (to pass to `evict_slots`)."""
         return np.flatnonzero(self.live & (self.cols["last_seen"] < now - ttl_s))
 
-    def lru_slots(self, count: int, protect: np.ndarray | None = None) -> np.ndarray:
-        """Slots of the `count` least recently seen devices, never one in `protect` (-1 entries ignored)."""
+    def lru_slots(self, count: int, protect: np.ndarray | None = None, rank: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """Slots of the `count` least recently seen devices, never one in `protect` (-1 entries ignored).
+
+        `rank` (device_capacity,) replaces `last_seen` as the order: lowest leaves first.
+        """
         candidates = self.live.copy()
         if protect is not None and len(protect):
             candidates[protect[protect >= 0]] = False
@@ -268,7 +272,8 @@ class StateStore:
         if count <= 0 or len(slots) == 0:
             return slots[:0]
         if count < len(slots):
-            slots = slots[np.argpartition(self.cols["last_seen"][slots], count - 1)[:count]]
+            order = (self.cols["last_seen"] if rank is None else rank)[slots]
+            slots = slots[np.argpartition(order, count - 1)[:count]]
         return slots
 
     def evict_slots(self, slots: np.ndarray) -> list[str]:
