@@ -102,8 +102,8 @@ class Restorer:
         before = len(self.store)
         run = _Run(self.store, StateSchema.of(self.store), self.model_version, self._on_installed,
                    self.log_id)
-        records = self.reader.read(parts, run.add, on_progress=self._progress,
-                                   stall_timeout_s=self.stall_timeout_s)
+        records = self.reader.read(parts, run.add, on_progress=lambda done, total: self._progress(
+            done, total, run), stall_timeout_s=self.stall_timeout_s)
         elapsed = time.perf_counter() - started
         run.installed = len(self.store) - before  # distinct devices (a chunk may replace an earlier one's)
         self.pending -= set(parts)
@@ -125,7 +125,9 @@ class Restorer:
                  elapsed, records, run.mismatched, run.invalid, extra=self.last)
         return run.installed
 
-    def _progress(self, done: int, total: int) -> None:
+    def _progress(self, done: int, total: int, run: _Run | None = None) -> None:
+        if run is not None:
+            run.expected = max(run.expected, total)
         if self._metrics is not None:
             self._metrics.restore_progress.set(done / total if total else 1.0)
 
@@ -139,6 +141,8 @@ class _Run:
         self._on_installed = on_installed
         self.log_id = log_id
         self.installed = self.invalid = self.relogged = 0
+        self.expected = 0  # records the changelog holds (from its end offsets), to size the store once
+        self._reserved = False
         self._stale: set[str] = set()  # devices whose latest installed record re-entered warm-up
 
     @property
@@ -156,6 +160,10 @@ class _Run:
         states: list[StateRecord] = [rec for rec in winners.values() if rec is not None]
         if not states:
             return
+        if not self._reserved and self.expected > len(states):  # one allocation, not a doubling series
+            per_device = sum(rec.n_channels for rec in states) / len(states)
+            store.reserve(len(store) + self.expected, int(store.row_capacity + self.expected * per_device))
+            self._reserved = True
         slots, known = install_states(store, states, self.schema)
         versions = np.array([rec.model_version == self.model_version for rec in states])
         stale = ~known | ~versions

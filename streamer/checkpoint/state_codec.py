@@ -4,7 +4,8 @@ Layout (little-endian), format 1:
 
     "RWS" | format u8 | flags u8 | n_channels u16 | schema u32 | source_offset i64 | last_ts f64
     | payload_len u32 | log_id 16 bytes | device_id (u16 len + UTF-8) | model_version (u16 len + UTF-8)
-    | channel names (flags bit 0: n_channels x (u16 len + UTF-8); else positional) | payload | crc32 u32
+    | channel names (flags bit 0: u32 block len + n_channels x (u16 len + UTF-8); else positional)
+    | payload | crc32 u32
 
 The payload is every `ROW_FIELDS` row of the device's channels and every store column, packed in the
 order of a `StateSchema`, which is derived from the store itself (so a field another component adds
@@ -36,7 +37,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ _HEAD = struct.Struct("<3sBBHIqdI16s")
 NO_LOG_ID = bytes(16)
 _LEN = struct.Struct("<H")
 _CRC = struct.Struct("<I")
+_U32 = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class StateSchema:
         return ";".join(f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols))
                         for n, d, w in part)
 
-    @property
+    @cached_property
     def fingerprint(self) -> int:
         return zlib.crc32(self.text.encode())
 
@@ -159,10 +161,16 @@ def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: byte
                       float(store.cols["last_ts"][slot]), len(payload), log_id)
     parts = [head, _text(store.device_id(slot) or "", "device id"), version]
     if names is not None:
-        parts.extend(_text(name, "channel name") for name in names)
+        parts.append(_names_block(names))
     parts.append(payload)
     body = b"".join(parts)
     return body + _CRC.pack(zlib.crc32(body))
+
+
+@lru_cache(maxsize=1024)
+def _names_block(names: tuple[str, ...]) -> bytes:
+    block = b"".join(_text(name, "channel name") for name in names)
+    return _U32.pack(len(block)) + block
 
 
 def _text(value: str, what: str) -> bytes:
@@ -175,9 +183,10 @@ def _text(value: str, what: str) -> bytes:
 # ---- decode ---------------------------------------------------------------------------------------
 def decode_state(value: bytes) -> StateRecord:
     """Parse and check one changelog value; `StateError` (saying what is wrong) for anything else."""
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise StateError(f"state record must be bytes, got {type(value).__name__}")
-    value = bytes(value)
+    if not isinstance(value, bytes):
+        if not isinstance(value, bytearray | memoryview):
+            raise StateError(f"state record must be bytes, got {type(value).__name__}")
+        value = bytes(value)
     if len(value) < _HEAD.size + _CRC.size or value[:3] != MAGIC:
         raise StateError("not an rnnwatch state record (bad magic or too short)")
     if _CRC.unpack_from(value, len(value) - 4)[0] != zlib.crc32(memoryview(value)[:-4]):
@@ -189,31 +198,52 @@ def decode_state(value: bytes) -> StateRecord:
         raise StateError(f"state record header is invalid (flags {flags}, {c} channels)")
     pos = _HEAD.size
     device_id, pos = _read_text(value, pos)
-    version, pos = _read_text(value, pos)
+    raw_version, pos = _read_raw(value, pos)
+    version = _utf8(raw_version)
     names: tuple[str, ...] | None = None
     if flags == _NAMED:
-        parts = []
-        for _ in range(c):
-            name, pos = _read_text(value, pos)
-            parts.append(name)
-        names = tuple(parts)
+        if pos + 4 > len(value):
+            raise StateError("state record is truncated")
+        (n,) = _U32.unpack_from(value, pos)
+        names = _parse_names(value[pos + 4:pos + 4 + n], c)
+        pos += 4 + n
     if pos + size != len(value) - 4:
         raise StateError(f"state record of device {device_id!r} has {len(value) - 4 - pos} payload bytes, "
                          f"its header says {size}")
     return StateRecord(device_id, version, names, c, offset, last_ts, schema, value[pos:pos + size], log_id)
 
 
-def _read_text(value: bytes, pos: int) -> tuple[str, int]:
+def _read_raw(value: bytes, pos: int) -> tuple[bytes, int]:
     if pos + 2 > len(value):
         raise StateError("state record is truncated")
     (n,) = _LEN.unpack_from(value, pos)
     end = pos + 2 + n
     if end > len(value):
         raise StateError("state record is truncated")
+    return value[pos + 2:end], end
+
+
+def _read_text(value: bytes, pos: int) -> tuple[str, int]:
+    raw, end = _read_raw(value, pos)
+    return _utf8(raw), end
+
+
+def _utf8(raw: bytes) -> str:
     try:
-        return value[pos + 2:end].decode(), end
+        return raw.decode()
     except UnicodeDecodeError as exc:
         raise StateError(f"state record holds invalid UTF-8: {exc}") from None
+
+
+@lru_cache(maxsize=1024)  # a fleet has few distinct channel sets: parse each once
+def _parse_names(block: bytes, c: int) -> tuple[str, ...]:
+    names, pos = [], 0
+    for _ in range(c):
+        name, pos = _read_text(block, pos)
+        names.append(name)
+    if pos != len(block):
+        raise StateError(f"state record's channel names take {pos} of their {len(block)} bytes")
+    return tuple(names)
 
 
 # ---- install --------------------------------------------------------------------------------------
@@ -228,10 +258,16 @@ def install_states(store: StateStore, records: Sequence[StateRecord],
     schema = schema or StateSchema.of(store)
     n = len(records)
     counts = np.fromiter((r.n_channels for r in records), dtype=np.int64, count=n)
-    slots = store.install_devices([r.device_id for r in records], counts, [r.channels for r in records])
+    fingerprint = schema.fingerprint
+    known = np.fromiter((r.schema == fingerprint for r in records), dtype=bool, count=n)
+    slots = store.install_devices([r.device_id for r in records], counts, [r.channels for r in records],
+                                  zero_rows=False)  # known payloads overwrite every row; the rest below
+    if not known.all():
+        rows = torch.from_numpy(store.rows_of(slots[~known])[0]).to(store.device)
+        for tensor in store.rows.values():
+            tensor[rows] = 0
     store.cols["source_offset"][slots] = np.fromiter((r.source_offset for r in records), np.int64, n)
     store.cols["last_ts"][slots] = np.fromiter((r.last_ts for r in records), np.float64, n)
-    known = np.fromiter((r.payload_known(schema) for r in records), dtype=bool, count=n)
     for c in np.unique(counts[known]).tolist():
         where = np.flatnonzero(known & (counts == c))
         dtype = schema.dtype(c)

@@ -212,22 +212,33 @@ class StateStore:
         get = self._slot.get
         return np.fromiter((get(d, -1) for d in device_ids), dtype=np.int64, count=len(device_ids))
 
+    def reserve(self, devices: int, rows: int) -> None:
+        """Grow capacity to at least `devices` devices and `rows` rows at once (before a bulk install)."""
+        if devices > self.device_capacity:
+            self._alloc_devices(devices)
+        if rows > self.row_capacity:
+            self._alloc_rows(rows)
+
     def install_devices(
-        self, device_ids: Sequence[str], n_channels: np.ndarray, channels: Sequence[tuple[str, ...] | None]
+        self, device_ids: Sequence[str], n_channels: np.ndarray, channels: Sequence[tuple[str, ...] | None],
+        zero_rows: bool = True,
     ) -> np.ndarray:
         """Fresh slots for these (distinct) devices, replacing any state they had: (n,) -> slots (n,).
 
-        Columns are at their fill value and rows zeroed, as for a new device; the caller writes the
-        restored values. Vectorised: a million devices cost a few numpy operations per field, not a
-        million `slots_for` calls.
+        Columns are at their fill value and rows zeroed (unless `zero_rows` is False: the caller
+        overwrites every row field), as for a new device; the caller writes the restored values.
+        Vectorised: a million devices cost a few numpy operations per field, not a million
+        `slots_for` calls.
         """
-        for dev in device_ids:
-            if dev in self._slot:
-                self.evict(dev)
+        held = self._slot
+        for dev in [d for d in device_ids if d in held]:
+            self.evict(dev)
         n = len(device_ids)
         if n > len(self._free_slots):
             self._alloc_devices(max(self.device_capacity * 2, len(self._slot) + n))
-        slots = np.array([self._free_slots.pop() for _ in range(n)], dtype=np.int64)
+        taken = self._free_slots[len(self._free_slots) - n:]
+        del self._free_slots[len(self._free_slots) - n:]
+        slots = np.array(taken[::-1], dtype=np.int64)  # the order pop() would have handed them out
         counts = np.asarray(n_channels, dtype=np.int64)
         if n and counts.min() < 1:
             raise StateError("a restored device needs at least one channel")
@@ -245,13 +256,16 @@ class StateStore:
             self.cols[col.name][slots] = col.fill
         self.cols["row_start"][slots] = starts
         self.cols["n_channels"][slots] = counts
-        rows = torch.from_numpy(self.rows_of(slots)[0]).to(self.device)
-        for tensor in self.rows.values():
-            tensor[rows] = 0
-        for dev, slot, names in zip(device_ids, slots.tolist(), channels, strict=True):
-            self._slot[dev] = slot
-            self._ids[slot] = dev
-            self._names[slot] = names
+        if zero_rows:
+            rows = torch.from_numpy(self.rows_of(slots)[0]).to(self.device)
+            for tensor in self.rows.values():
+                tensor[rows] = 0
+        slot_list = slots.tolist()
+        held.update(zip(device_ids, slot_list, strict=True))
+        ids, names_of = self._ids, self._names
+        for dev, slot, names in zip(device_ids, slot_list, channels, strict=True):
+            ids[slot] = dev
+            names_of[slot] = names
         self.live[slots] = True
         return slots
 

@@ -1,0 +1,146 @@
+"""`rnnwatch bench restore --devices N [--json]`: write N device states to a changelog, restore them.
+
+Fills a state store with N devices (the shipped model's state layout, `--channels` each, random
+values), writes them to a fresh changelog topic through the checkpoint writer (timed: a full
+checkpoint), then restores every partition into an empty store through the restore path the daemon
+runs on assignment (timed), and checks that every device came back bit for bit on a sample.
+
+Reports the changelog bytes per device (key + value, as the writer sent them; the broker's own record
+overhead is not included) and both rates. Without `--bootstrap-servers` an embedded broker is
+started for the run (memory storage: the changelog is gone afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=100_000, help="device states to write and restore")
+    parser.add_argument("--channels", type=int, default=4, help="channels per device (4)")
+    parser.add_argument("--partitions", type=int, default=4, help="changelog partitions (4)")
+    parser.add_argument("--bootstrap-servers", default=None,
+                        help="an existing broker (default: start an embedded one for the run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.kafka.broker import EmbeddedBroker
+
+    if args.devices < 1 or args.channels < 1 or args.partitions < 1:
+        print("rnnwatch bench restore: --devices, --channels and --partitions must be >= 1", file=sys.stderr)
+        return 2
+    if args.bootstrap_servers:
+        result = measure(args, args.bootstrap_servers)
+    else:
+        with EmbeddedBroker() as broker:
+            result = measure(args, broker.bootstrap_servers)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
+    import uuid
+
+    from streamer.checkpoint.changelog import (
+        ChangelogReader,
+        ChangelogWriter,
+        restore_consumer_factory,
+    )
+    from streamer.checkpoint.restore import Restorer
+    from streamer.checkpoint.state_codec import encode_states
+    from streamer.kafka.admin import TopicSpec, ensure_topics
+    from streamer.kafka.client_config import KafkaClientSettings, producer_kwargs, producer_throughput_kwargs
+    from streamer.scoring.factory import build_pipeline
+
+    kafka = KafkaClientSettings(bootstrap, client_id="rnnwatch-bench")
+    topic = f"bench-restore-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka, [TopicSpec(topic, args.partitions, {"cleanup.policy": "compact"})])
+    source = build_pipeline(None, "cpu")
+    version = source.model_version
+    slots = _fill(source.store, args.devices, args.channels, args.seed)
+
+    def producer() -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(**producer_kwargs(kafka, **producer_throughput_kwargs(), acks="all"))
+
+    writer = ChangelogWriter(producer, topic)
+    partitions = np.arange(args.devices) % args.partitions
+    started = time.perf_counter()
+    values = encode_states(source.store, slots, version)
+    encode_s = time.perf_counter() - started
+    ids = [source.store.device_id(s) or "" for s in slots.tolist()]
+    writer.write(zip(partitions.tolist(), ids, values, strict=True), timeout_s=120.0)
+    write_s = time.perf_counter() - started
+    writer.close()
+    del values
+
+    target = build_pipeline(None, "cpu")
+    restorer = Restorer(target.store, ChangelogReader(restore_consumer_factory(kafka), topic), version,
+                        stall_timeout_s=60.0)
+    restorer.request(range(args.partitions))
+    started = time.perf_counter()
+    restored = restorer.restore()
+    restore_s = time.perf_counter() - started
+    if restored != args.devices:
+        raise AssertionError(f"restored {restored} devices, wrote {args.devices}")
+    _check_sample(source.store, target.store, ids, args.seed)
+    return {
+        "benchmark": "restore", "devices": args.devices, "channels": args.channels,
+        "partitions": args.partitions, "model_version": version,
+        "bytes_per_device": round(writer.bytes_written / args.devices, 1),
+        "changelog_mb": round(writer.bytes_written / 2**20, 1),
+        "encode_s": round(encode_s, 2), "write_s": round(write_s, 2),
+        "write_states_per_s": round(args.devices / write_s),
+        "restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
+        "broker": "given" if args.bootstrap_servers else "embedded tansu",
+    }
+
+
+def _fill(store: Any, n: int, channels: int, seed: int) -> np.ndarray:
+    """n devices with `channels` named channels and random state in every row field and column."""
+    import torch
+
+    names = tuple(f"ch{c}" for c in range(channels))
+    slots = store.install_devices([f"device-{i:07d}" for i in range(n)], np.full(n, channels), [names] * n)
+    rng = np.random.default_rng(seed)
+    rows = torch.from_numpy(store.rows_of(slots)[0])
+    for tensor in store.rows.values():
+        shape = (len(rows), *tensor.shape[1:])
+        tensor[rows] = torch.from_numpy(rng.standard_normal(shape)).to(tensor.dtype)
+    for name, column in store.cols.items():
+        if name in ("row_start", "n_channels") or name.startswith("ckpt_"):
+            continue
+        shape = (n, *column.shape[1:])
+        column[slots] = (rng.random(shape) * 100).astype(column.dtype)
+    store.cols["source_offset"][slots] = np.arange(n)
+    return slots
+
+
+def _check_sample(source: Any, target: Any, ids: list[str], seed: int) -> None:
+    import torch
+
+    rng = np.random.default_rng(seed + 1)
+    for device in rng.choice(ids, size=min(200, len(ids)), replace=False).tolist():
+        a, b = source.slot(device), target.slot(device)
+        ra = torch.from_numpy(source.rows_of(np.array([a]))[0])
+        rb = torch.from_numpy(target.rows_of(np.array([b]))[0])
+        for name in source.rows:
+            if not torch.equal(source.rows[name][ra], target.rows[name][rb]):
+                raise AssertionError(f"device {device}: row field {name} differs after restore")
+        for name in source.cols:
+            if name not in ("row_start",) and not name.startswith("ckpt_") and not np.array_equal(
+                    source.cols[name][a], target.cols[name][b], equal_nan=True):
+                raise AssertionError(f"device {device}: column {name} differs after restore")
