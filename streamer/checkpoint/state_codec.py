@@ -182,35 +182,48 @@ def _text(value: str, what: str) -> bytes:
 
 # ---- decode ---------------------------------------------------------------------------------------
 def decode_state(value: bytes) -> StateRecord:
-    """Parse and check one changelog value; `StateError` (saying what is wrong) for anything else."""
-    if not isinstance(value, bytes):
-        if not isinstance(value, bytearray | memoryview):
+    """Parse and check one changelog value; `StateError` (saying what is wrong) for anything else.
+
+    Written for speed (a restore decodes a million of these): one pass, no helper calls per field.
+    """
+    if type(value) is not bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):
             raise StateError(f"state record must be bytes, got {type(value).__name__}")
         value = bytes(value)
-    if len(value) < _HEAD.size + _CRC.size or value[:3] != MAGIC:
+    n = len(value)
+    body = n - 4
+    if n < _HEAD.size + 8 or value[:3] != MAGIC:
         raise StateError("not an rnnwatch state record (bad magic or too short)")
-    if _CRC.unpack_from(value, len(value) - 4)[0] != zlib.crc32(memoryview(value)[:-4]):
+    if zlib.crc32(memoryview(value)[:body]) != int.from_bytes(value[body:], "little"):
         raise StateError("state record checksum mismatch: the record is corrupt")
     _, fmt, flags, c, schema, offset, last_ts, size, log_id = _HEAD.unpack_from(value)
     if fmt != FORMAT:
         raise StateError(f"state record format {fmt} is not supported (this build reads {FORMAT})")
     if flags not in (_POSITIONAL, _NAMED) or c < 1:
         raise StateError(f"state record header is invalid (flags {flags}, {c} channels)")
-    pos = _HEAD.size
-    device_id, pos = _read_text(value, pos)
-    raw_version, pos = _read_raw(value, pos)
-    version = _utf8(raw_version)
-    names: tuple[str, ...] | None = None
-    if flags == _NAMED:
-        if pos + 4 > len(value):
-            raise StateError("state record is truncated")
-        (n,) = _U32.unpack_from(value, pos)
-        names = _parse_names(value[pos + 4:pos + 4 + n], c)
-        pos += 4 + n
-    if pos + size != len(value) - 4:
-        raise StateError(f"state record of device {device_id!r} has {len(value) - 4 - pos} payload bytes, "
+    try:
+        pos = _HEAD.size + 2
+        end = pos + (value[pos - 2] | value[pos - 1] << 8)
+        device_id = value[pos:end].decode()
+        pos = end + 2
+        end = pos + (value[pos - 2] | value[pos - 1] << 8)
+        version = _version(value[pos:end])
+        names: tuple[str, ...] | None = None
+        if flags == _NAMED:
+            pos = end + 4
+            end = pos + int.from_bytes(value[pos - 4:pos], "little")
+            names = _parse_names(value[pos:end], c)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise StateError(f"state record is truncated or holds invalid UTF-8 ({exc})") from None
+    if end + size != body:
+        raise StateError(f"state record of device {device_id!r} has {body - end} payload bytes, "
                          f"its header says {size}")
-    return StateRecord(device_id, version, names, c, offset, last_ts, schema, value[pos:pos + size], log_id)
+    return StateRecord(device_id, version, names, c, offset, last_ts, schema, value[end:body], log_id)
+
+
+@lru_cache(maxsize=256)  # every record of a restore carries one of a few model versions
+def _version(raw: bytes) -> str:
+    return raw.decode()
 
 
 def _read_raw(value: bytes, pos: int) -> tuple[bytes, int]:
@@ -225,12 +238,8 @@ def _read_raw(value: bytes, pos: int) -> tuple[bytes, int]:
 
 def _read_text(value: bytes, pos: int) -> tuple[str, int]:
     raw, end = _read_raw(value, pos)
-    return _utf8(raw), end
-
-
-def _utf8(raw: bytes) -> str:
     try:
-        return raw.decode()
+        return raw.decode(), end
     except UnicodeDecodeError as exc:
         raise StateError(f"state record holds invalid UTF-8: {exc}") from None
 
@@ -279,10 +288,14 @@ def install_states(store: StateStore, records: Sequence[StateRecord],
 
 
 def _unpack(store: StateStore, schema: StateSchema, slots: np.ndarray, packed: np.ndarray) -> None:
-    rows_t = torch.from_numpy(store.rows_of(slots)[0]).to(store.device)
+    rows = store.rows_of(slots)[0]
+    span = rows[0], rows[-1] + 1
+    where: slice | torch.Tensor = slice(*span)  # freshly appended devices: one block, copied as such
+    if span[1] - span[0] != len(rows) or not (np.diff(rows) == 1).all():
+        where = torch.from_numpy(rows).to(store.device)
     for name, _, _ in schema.rows:
         target = store.rows[name]
         values = packed[f"r:{name}"].reshape((-1, *target.shape[1:]))  # (m * c, ...)
-        target[rows_t] = torch.from_numpy(np.ascontiguousarray(values)).to(target.device, target.dtype)
+        target[where] = torch.from_numpy(np.ascontiguousarray(values)).to(target.device, target.dtype)
     for name, _, _ in schema.cols:
         store.cols[name][slots] = packed[f"c:{name}"]

@@ -6,14 +6,18 @@ checkpoint), then restores every partition into an empty store through the resto
 runs on assignment (timed), and checks that every device came back bit for bit on a sample.
 
 Reports the changelog bytes per device (key + value, as the writer sent them; the broker's own record
-overhead is not included) and both rates. Without `--bootstrap-servers` an embedded broker is
-started for the run (memory storage: the changelog is gone afterwards).
+overhead is not included), both rates, the restore's CPU seconds and the machine's load average (a
+restore is CPU-bound: on a shared machine its wall time stretches with the load). Without
+`--bootstrap-servers` an embedded broker is started for the run (memory storage: the changelog is
+gone afterwards).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 from typing import Any
@@ -91,9 +95,9 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     restorer = Restorer(target.store, ChangelogReader(restore_consumer_factory(kafka), topic), version,
                         stall_timeout_s=60.0)
     restorer.request(range(args.partitions))
-    started = time.perf_counter()
+    cpu, started = _cpu_s(), time.perf_counter()
     restored = restorer.restore()
-    restore_s = time.perf_counter() - started
+    restore_s, restore_cpu_s = time.perf_counter() - started, _cpu_s() - cpu
     if restored != args.devices:
         raise AssertionError(f"restored {restored} devices, wrote {args.devices}")
     _check_sample(source.store, target.store, ids, args.seed)
@@ -105,8 +109,16 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "encode_s": round(encode_s, 2), "write_s": round(write_s, 2),
         "write_states_per_s": round(args.devices / write_s),
         "restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
+        "restore_cpu_s": round(restore_cpu_s, 2), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "broker": "given" if args.bootstrap_servers else "embedded tansu",
     }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (kafka-python's IO thread included; not the broker's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _fill(store: Any, n: int, channels: int, seed: int) -> np.ndarray:
