@@ -374,3 +374,15 @@ def scrape_metrics(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+# ---- rnnwatch bench restore ---------------------------------------------------------------------------
+def test_bench_restore_reports_bytes_per_device_and_rates(kafka_bootstrap):
+    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "bench", "restore", "--devices", "3000",
+                           "--channels", "3", "--bootstrap-servers", kafka_bootstrap, "--json"],
+                          capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    result = orjson.loads(proc.stdout.splitlines()[-1])
+    assert result["devices"] == 3000 and result["channels"] == 3
+    assert 300 < result["bytes_per_device"] < 2_000
+    assert result["restore_s"] > 0 and result["restore_states_per_s"] > 0
