@@ -54,8 +54,10 @@ class ChangelogWriter:
     def __init__(self, producer_factory: Callable[[], Any], topic: str, *, chunk: int = 20_000,
                  max_attempts: int = 3, on_recreate: Callable[[], None] = lambda: None,
                  reachable: Callable[[], bool] = lambda: True,
+                 on_chunk: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._factory = producer_factory
+        self._on_chunk = on_chunk  # called after each acknowledged chunk (the daemon's heartbeat)
         self._reachable = reachable
         self._producer: Any = None
         self.topic = topic
@@ -76,6 +78,7 @@ class ChangelogWriter:
         for chunk in _chunks(records, self.chunk):
             self._write_chunk(chunk, self._clock() + timeout_s)
             total += len(chunk)
+            self._on_chunk()
         return total
 
     def _write_chunk(self, chunk: list[Record], deadline: float) -> None:

@@ -54,6 +54,7 @@ class StateManager:
                  commit: Callable[[Mapping[int, int]], None],
                  flush_outputs: Callable[[], None] = lambda: None, metrics: Any = None,
                  identify_log: Callable[[], bytes] = lambda: NO_LOG_ID,
+                 beat: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
         self._identify_log = identify_log
         self.pipeline = pipeline
@@ -63,7 +64,7 @@ class StateManager:
         self.checkpointer = Checkpointer(self.store, writer, pipeline.model_version, interval_s=interval_s,
                                          commit=commit, flush_outputs=flush_outputs, metrics=metrics)
         self.restorer = Restorer(self.store, reader, pipeline.model_version, metrics=metrics,
-                                 on_installed=self.checkpointer.adopt)
+                                 on_installed=self.checkpointer.adopt, beat=beat)
         self.evictor = DeviceEvictor(self.store, max_devices=max_devices, ttl_s=ttl_s,
                                      forget=self.checkpointer.forget, metrics=metrics, clock=clock)
         self.owned: set[int] = set()
@@ -78,17 +79,20 @@ class StateManager:
     @classmethod
     def from_settings(cls, settings: Any, pipeline: Any, producer_factory: Callable[[], Any], *,
                       commit: Callable[[Mapping[int, int]], None], flush_outputs: Callable[[], None],
-                      metrics: Any = None) -> StateManager:
-        """The daemon's manager: `settings` is its `Settings` (state topic, interval, budget, TTL)."""
+                      metrics: Any = None, beat: Callable[[], None] = lambda: None) -> StateManager:
+        """The daemon's manager: `settings` is its `Settings` (state topic, interval, budget, TTL).
+
+        `beat` is called while a long restore or checkpoint runs, so the loop still counts as alive.
+        """
         on_recreate = metrics.producer_recreated.inc if metrics is not None else (lambda: None)
         reachable = broker_reachable(settings.kafka)
         writer = ChangelogWriter(producer_factory, settings.state_topic, on_recreate=on_recreate,
-                                 reachable=reachable)
+                                 reachable=reachable, on_chunk=beat)
         reader = ChangelogReader(restore_consumer_factory(settings.kafka), settings.state_topic, reachable)
         return cls(pipeline, writer, reader, interval_s=settings.checkpoint_interval_s,
                    max_devices=settings.max_devices, ttl_s=settings.device_ttl_s, commit=commit,
                    flush_outputs=flush_outputs, metrics=metrics,
-                   identify_log=topic_log_id(settings.kafka, settings.readings_topic))
+                   identify_log=topic_log_id(settings.kafka, settings.readings_topic), beat=beat)
 
     def attach(self, pause: Callable[[set[int]], None], resume: Callable[[set[int]], None]) -> None:
         """How to stop and restart fetching partitions (the daemon's consumer)."""

@@ -71,7 +71,9 @@ class Restorer:
 
     def __init__(self, store: StateStore, reader: ChangelogReader, model_version: str, *,
                  metrics: Any = None, stall_timeout_s: float = 30.0,
-                 on_installed: Installed = lambda slots, partition, stale: None) -> None:
+                 on_installed: Installed = lambda slots, partition, stale: None,
+                 beat: Callable[[], None] = lambda: None) -> None:
+        self._beat = beat
         self.store = store
         self.reader = reader
         self.model_version = model_version
@@ -128,6 +130,7 @@ class Restorer:
     def _progress(self, done: int, total: int, run: _Run | None = None) -> None:
         if run is not None:
             run.expected = max(run.expected, total)
+            self._beat()
         if self._metrics is not None:
             self._metrics.restore_progress.set(done / total if total else 1.0)
 

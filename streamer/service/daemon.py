@@ -131,7 +131,7 @@ class Daemon:
         )
         self.state = StateManager.from_settings(
             s, self.pipeline, self._producer_factory, metrics=self.metrics, commit=self._commit,
-            flush_outputs=lambda: self._confirm(self.publisher))  # type: ignore[arg-type]
+            flush_outputs=lambda: self._confirm(self.publisher), beat=self._beat)  # type: ignore[arg-type]
         self.consumer = GroupConsumer(self._consumer_factory, s.readings_topic,
                                       on_assigned=self.state.on_assigned, on_revoked=self.state.on_revoked)
         self.state.attach(self.consumer.pause, self.consumer.resume)
