@@ -40,7 +40,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from streamer.kafka.broker import free_port
 from streamer.service.health import HealthServer
 from streamer.service.metrics import Metrics
-from streamer.service.settings import Settings
+from streamer.service.settings import ENVIRONMENT, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -53,14 +53,8 @@ RUNBOOK = DEPLOY / "RUNBOOK.md"
 K8S_VERSION = "1.31.0"  # the oldest Kubernetes these manifests support
 ALERTS = ("RnnwatchDown", "RnnwatchNotReady", "RnnwatchConsumerLagGrowing", "RnnwatchDeadLettersRising",
           "RnnwatchAlertStorm", "RnnwatchRestoreSlow", "RnnwatchCommitFailures")
-SETTINGS_ENV = (
-    "KAFKA_BOOTSTRAP_SERVERS", "RNNWATCH_GROUP_ID", "RNNWATCH_READINGS_TOPIC", "RNNWATCH_ALERTS_TOPIC",
-    "RNNWATCH_DLQ_TOPIC", "RNNWATCH_SCORES_TOPIC", "RNNWATCH_STATE_TOPIC", "RNNWATCH_METRICS_PORT",
-    "RNNWATCH_MODEL", "RNNWATCH_DEVICE", "RNNWATCH_CHECKPOINT_INTERVAL_S", "RNNWATCH_MAX_DEVICES",
-    "RNNWATCH_DEVICE_TTL_S", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
-    "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
-    "RNNWATCH_LOG_LEVEL",
-)
+# every variable Settings reads, except the password: it comes from the mounted Secret's file
+SETTINGS_ENV = tuple(name for name in ENVIRONMENT if name != "KAFKA_SASL_PASSWORD")
 DAEMON_MISSING = importlib.util.find_spec("streamer.service.daemon") is None
 DAEMON_REASON = "streamer/service/daemon.py (`rnnwatch serve`) does not exist yet; this variant targets it"
 

@@ -73,6 +73,7 @@ class Settings:
     model: str | None = None
     device: str = "auto"
     log_level: str = "INFO"
+    torch_threads: int = 1
     # flags only
     metrics_host: str = "0.0.0.0"
     create_topics: bool = True
@@ -226,6 +227,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("model", "RNNWATCH_MODEL", "--model", _optional_text, "model artifact directory", "DIR"),
     _Option("device", "RNNWATCH_DEVICE", "--device", _text, "auto, cpu or cuda[:N]"),
     _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level, "DEBUG, INFO, WARNING, ERROR"),
+    _Option("torch_threads", "RNNWATCH_TORCH_THREADS", "--torch-threads", _int_in(1, 1024),
+            "torch CPU threads for scoring (1)"),
     _Option("security_protocol", "KAFKA_SECURITY_PROTOCOL", "--security-protocol", _text,
             "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     _Option("sasl_mechanism", "KAFKA_SASL_MECHANISM", "--sasl-mechanism", _optional_text,
@@ -302,3 +305,6 @@ def _kafka_settings(values: dict[str, Any]) -> KafkaClientSettings:
 def log_level_number(settings: Settings) -> int:
     """The stdlib logging level of `settings.log_level`."""
     return int(logging.getLevelName(settings.log_level))
+
+
+ENVIRONMENT = tuple(opt.env for opt in _OPTIONS if opt.env)  # every variable Settings reads

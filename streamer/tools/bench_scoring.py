@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=int, default=30, help="timed batches (one reading per device each)")
     p.add_argument("--warmup-batches", type=int, default=3)
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the daemon)")
     p.add_argument("--model", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -57,7 +58,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(args: argparse.Namespace) -> dict[str, object]:
-    pipeline = build_pipeline(args.model, args.device)
+    pipeline = build_pipeline(args.model, args.device, cpu_threads=args.threads)
     device = pipeline.device
     batches = make_batches(args.devices, args.channels, args.warmup_batches + args.batches, args.seed)
     for batch in batches[: args.warmup_batches]:

@@ -45,7 +45,7 @@ def _serve(settings: Any) -> int:
     from streamer.scoring.factory import build_pipeline
     from streamer.service.daemon import Daemon
 
-    pipeline = build_pipeline(settings.model, settings.device)
+    pipeline = build_pipeline(settings.model, settings.device, cpu_threads=settings.torch_threads)
     daemon = Daemon(settings, pipeline)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
