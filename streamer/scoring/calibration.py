@@ -1,6 +1,7 @@
 """Calibration: turn a device's raw evidence into an anomaly score that means the same on every device.
 
-Evidence per reading (SIGNALS of them, each averaged over the device's channels, in normalised units):
+Evidence per reading (SIGNALS of them, in normalised units; each is the largest over the device's
+channels, so a fault on one channel of many is not diluted by the healthy ones):
 
 0. the squared one-step forecast error of the recurrent model (a value its recent dynamics did not
    lead to, even inside the usual range);

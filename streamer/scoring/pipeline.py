@@ -64,7 +64,7 @@ class _Wave:
     ts: np.ndarray  # (m,) event time
     err: np.ndarray  # (m, c_max) per-channel squared error (0 beyond a device's channels)
     above: np.ndarray  # (m, c_max) bool, value above the forecast
-    evidence: np.ndarray  # (m, SIGNALS) what the calibration scores, averaged over channels (NaN: none)
+    evidence: np.ndarray  # (m, SIGNALS) what the calibration scores, largest over channels (NaN: none)
 
 
 class ScoringPipeline:
@@ -167,7 +167,7 @@ class ScoringPipeline:
         cols["steps"][slots] += 1
 
         # evidence, one value per signal (see streamer.scoring.calibration): forecast error, forecast bias,
-        # deviation from the mean, from the time-of-day profile, short-term level; squared, channel mean
+        # deviation from the mean, from the time-of-day profile, short-term level; squared, largest channel
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
         zc = z.clamp(-Z_CLIP, Z_CLIP)
         day_rate = torch.from_numpy(day_rates(ts - last, self.normaliser)[owner]).to(self.device)
@@ -180,7 +180,7 @@ class ScoringPipeline:
         per_row = torch.stack([resid, bias, dev, day, level], 1).to("cpu", torch.float64).numpy()  # (r, 5)
         per_row *= per_row
         n_ch = batch.n_channels[idx].astype(np.int64)  # (m,)
-        evidence = np.add.reduceat(per_row, np.cumsum(n_ch) - n_ch, axis=0) / n_ch[:, None]  # (m, 5)
+        evidence = np.maximum.reduceat(per_row, np.cumsum(n_ch) - n_ch, axis=0)  # (m, 5)
         err = np.zeros((len(idx), batch.values.shape[1]))
         above = np.zeros(err.shape, dtype=bool)
         err[owner, chan] = per_row[:, 0]
