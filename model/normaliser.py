@@ -7,8 +7,10 @@ the statistics follow slow regime changes of a long-running sensor.
 
 Beside the running mean, each row keeps two cheaper pictures of what is normal *now*, in z units:
 - a time-of-day profile: `DAY_BINS` bins of the (UTC) day, each an exponential average of the z values
-  seen in that bin on earlier days (each day's visit weighs `day_weight`, whatever the sampling
-  interval). A value far from its bin's profile is a broken daily pattern: the rise that did not come;
+  seen in that bin, where one day's visit of the bin weighs `day_weight` whatever the sampling
+  interval (so the memory is a few days). A value far from its bin's profile is a broken daily
+  pattern: the rise that did not come. A bin is first compared from its second value on, so on a
+  device's first day it only knows the hour so far;
 - a short-term level: an exponential average of z over the last ~`1 / level_beta` readings. A level
   far from 0 is a sustained shift that a one-step forecaster stops being surprised by after one step.
   The same average of the forecaster's signed error (its *bias*) shows a forecast that keeps missing
