@@ -39,7 +39,7 @@ bench: install ## benchmarks, one JSON object per line
 	$(BIN)/rnnwatch bench scoring --devices 10000 --channels 4 --json
 
 model: install ## retrain the shipped default model (seeded, synthetic data only)
-	$(BIN)/rnnwatch train --synthetic --seed 7 --output model/default
+	$(BIN)/rnnwatch train --synthetic --seed 7 --threads 2 --output model/default
 
 evaluate: install ## NAB evaluation from ../shared/datasets/nab into out/nab
 	$(BIN)/rnnwatch evaluate nab --nab-dir ../shared/datasets/nab --output-dir out/nab

@@ -7,6 +7,7 @@ two artifacts with the same version score identically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -68,8 +69,7 @@ def save(
         "architecture": model.config.to_dict(),
         "channel_handling": "independent: one row per (device, channel), shared weights, per-row online "
         "normalisation; any channel count works without retraining",
-        "normaliser": {"alpha": normaliser.alpha, "rel_floor": normaliser.rel_floor,
-                       "abs_floor": normaliser.abs_floor},
+        "normaliser": dataclasses.asdict(normaliser),
         "training": training,
         "metrics": metrics,
     }
