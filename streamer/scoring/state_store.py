@@ -144,16 +144,19 @@ class StateStore:
 
         device_ids (n,), n_channels (n,) -> slots (n,) int64, mismatch (n,) bool
         """
-        n = len(device_ids)
-        slots = np.empty(n, dtype=np.int64)
         lookup = self._slot.get
-        for i, dev in enumerate(device_ids):
-            s = lookup(dev)
-            slots[i] = self._allocate(dev, int(n_channels[i]), channels[i]) if s is None else s
+        found = [lookup(dev) for dev in device_ids]  # one dict lookup per reading, no numpy scalars
+        if None in found:
+            for i, s in enumerate(found):
+                if s is None:  # new, or allocated earlier in this very batch
+                    again = self._slot.get(device_ids[i])
+                    found[i] = self._allocate(device_ids[i], int(n_channels[i]), channels[i]) \
+                        if again is None else again
+        slots = np.array(found, dtype=np.int64)
         mismatch = self.cols["n_channels"][slots] != n_channels
         names = self._names
-        for i, ch in enumerate(channels):
-            if ch is not None and names[slots[i]] is not ch and names[slots[i]] != ch:
+        for i, (ch, s) in enumerate(zip(channels, found, strict=True)):
+            if ch is not None and names[s] is not ch and names[s] != ch:
                 mismatch[i] = True
         self.cols["last_seen"][slots] = self.clock()
         return slots, mismatch
