@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from scrape import scrape
 
 from streamer.ingest.dead_letter import parse_headers
 from streamer.kafka.broker import free_port
@@ -122,17 +123,6 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
         return out
     finally:
         consumer.close()
-
-
-def scrape(port: int) -> dict[str, float]:
-    """/metrics as {'name{labels}': value} for rnnwatch_ samples."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for line in body.splitlines():
-        if line.startswith("rnnwatch_"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 # ---- (a) dead letters ------------------------------------------------------------------------------

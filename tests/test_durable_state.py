@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from scrape import scrape
 
 from streamer.ingest.codec import ReadingDecoder
 from streamer.ingest.dead_letter import RawRecord
@@ -340,12 +341,12 @@ def test_a_million_unseen_device_ids_stay_within_the_memory_budget(kafka_bootstr
         def done() -> bool:
             nonlocal peak, tracked_peak
             peak = max(peak, rss_mb(proc.pid))
-            metrics = scrape_metrics(port)
+            metrics = scrape(port)
             tracked_peak = max(tracked_peak, metrics.get("rnnwatch_devices_tracked", 0.0))
             return metrics.get("rnnwatch_readings_consumed_total", 0) >= 2 * FLOOD_DEVICES + len(known)
 
         wait_for(done, 600, "the flood consumed")
-        metrics = scrape_metrics(port)
+        metrics = scrape(port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
@@ -364,16 +365,6 @@ def test_a_million_unseen_device_ids_stay_within_the_memory_budget(kafka_bootstr
     assert tracked_peak <= FLOOD_BUDGET
     assert peak - idle <= RSS_GROWTH_BUDGET_MB, summary
     assert metrics["rnnwatch_device_evictions_total"] >= FLOOD_DEVICES // 2
-
-
-def scrape_metrics(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for line in body.splitlines():
-        if line.startswith("rnnwatch_"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 # ---- rnnwatch bench restore ---------------------------------------------------------------------------
