@@ -59,7 +59,7 @@ def normalise_and_update(
     A row with no history gets z = 0.
     """
     x64 = x.to(torch.float64)
-    std = torch.sqrt(var).clamp_min(0) + config.rel_floor * mean.abs() + config.abs_floor
+    std = row_std(mean, var, config)
     z = torch.where(count > 0, (x64 - mean) / std, torch.zeros_like(x64))
     alpha = torch.clamp(1.0 / (count + 1.0), min=config.alpha)
     delta = x64 - mean
@@ -68,6 +68,11 @@ def normalise_and_update(
     var.mul_(1 - alpha).add_((1 - alpha) * alpha * delta * delta)
     count.add_(1.0)
     return z.to(torch.float32)
+
+
+def row_std(mean: torch.Tensor, var: torch.Tensor, config: NormaliserConfig) -> torch.Tensor:
+    """The scale a row's next value is normalised by (floored): mean (R,), var (R,) -> std (R,)."""
+    return torch.sqrt(var).clamp_min(0) + config.rel_floor * mean.abs() + config.abs_floor
 
 
 def model_input(z: torch.Tensor, first: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """Calibration: turn a device's raw evidence into an anomaly score that means the same on every device.
 
-Evidence per reading (SIGNALS of them, in normalised units; each is the largest over the device's
-channels, so a fault on one channel of many is not diluted by the healthy ones):
+Evidence per reading (SIGNALS of them; 0-4 are each the largest over the device's channels, so a fault
+on one channel of many is not diluted by the healthy ones):
 
 0. the squared one-step forecast error of the recurrent model (a value its recent dynamics did not
-   lead to, even inside the usual range);
+   lead to, even inside the usual range), in units of the channel's usual error (`evidence`);
 1. the squared forecast bias: the short-term average of that signed error (a forecast that keeps
-   missing the same way: dynamics the model expected to continue and that broke);
+   missing the same way: dynamics the model expected to continue and that broke), in the same units;
 2. the squared deviation of the value from the normaliser's running mean, z^2 (values far from usual);
 3. the squared deviation of z from its time-of-day profile (a broken daily pattern);
-4. the squared short-term level of z (a sustained shift the one-step forecast stops seeing).
+4. the squared short-term level of z (a sustained shift the one-step forecast stops seeing);
+5. the device's repeat run beyond a grace: readings in a row that repeat a channel's value exactly (a
+   stuck sensor, too quiet for the others; `evidence`).
 
 Each device keeps a count, a running mean and a running variance of each signal (cumulative while
 young, then an exponentially weighted one) and measures how many of its own standard deviations the
@@ -57,7 +59,8 @@ class CalibrationConfig:
     damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
 
 
-SIGNALS = 5  # evidence per reading: [forecast error, forecast bias, deviation from mean, from profile, level]
+SIGNALS = 6  # evidence per reading: [forecast error, forecast bias, deviation from mean, from profile, level,
+#             repeat run]
 
 COLUMNS: tuple[Column, ...] = (
     Column("cal_count", np.int16, width=SIGNALS),  # readings seen per signal, saturating

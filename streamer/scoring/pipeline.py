@@ -29,10 +29,13 @@ from model.normaliser import (
     ewma_update,
     model_input,
     normalise_and_update,
+    row_std,
 )
 from streamer.errors import ConfigError
 from streamer.scoring.alert_policy import AlertPolicy, AlertPolicyConfig, Transitions, alert_id
-from streamer.scoring.calibration import CalibrationConfig, Calibrator
+from streamer.scoring.calibration import SIGNALS, CalibrationConfig, Calibrator
+from streamer.scoring.evidence import COLUMNS as EVIDENCE_COLUMNS
+from streamer.scoring.evidence import repeat_evidence, repeat_runs, standardise_and_update
 from streamer.scoring.readings import AlertEvent, ChannelAttribution, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.state_store import StateStore
 
@@ -86,7 +89,7 @@ class ScoringPipeline:
         self.policy = AlertPolicy(self.config.policy)
         self.store = store or StateStore(
             self.model.config.state_size,
-            columns=(*Calibrator.columns(), *AlertPolicy.columns()),
+            columns=(*EVIDENCE_COLUMNS, *Calibrator.columns(), *AlertPolicy.columns()),
             device=self.device,
         )
 
@@ -156,6 +159,7 @@ class ScoringPipeline:
         first_dev = cols["steps"][slots] == 0
         x = torch.from_numpy(batch.values[idx[owner], chan]).to(self.device)  # (r,)
         count, mean, var = (rows_of[k][rows_t] for k in ("norm_count", "norm_mean", "norm_var"))
+        std = row_std(mean, var, self.normaliser).to(torch.float32)  # (r,) raw units per unit of z
         z = normalise_and_update(x, count, mean, var, self.normaliser)  # (r,)
         for key, value in (("norm_count", count), ("norm_mean", mean), ("norm_var", var)):
             rows_of[key][rows_t] = value
@@ -166,24 +170,34 @@ class ScoringPipeline:
         rows_of["pred"][rows_t] = pred
         cols["steps"][slots] += 1
 
-        # evidence, one value per signal (see streamer.scoring.calibration): forecast error, forecast bias,
-        # deviation from the mean, from the time-of-day profile, short-term level; squared, largest channel
+        # evidence, one value per signal (see streamer.scoring.calibration): forecast error and bias (in units
+        # of the channel's usual error), deviation from the mean, from the time-of-day profile, short-term
+        # level; squared, largest channel; and the device's repeat run (see streamer.scoring.evidence)
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
+        n_ch = batch.n_channels[idx].astype(np.int64)  # (m,)
+        starts = np.cumsum(n_ch) - n_ch  # (m,) each device's first row
+        run = repeat_runs(x, rows_of["last_value"], rows_t, count > 1, starts, cols["repeat_run"][slots])
+        cols["repeat_run"][slots] = run  # (m,)
         zc = z.clamp(-Z_CLIP, Z_CLIP)
         day_rate = torch.from_numpy(day_rates(ts - last, self.normaliser)[owner]).to(self.device)
         day_bin = torch.from_numpy(day_bins(ts)[owner]).to(self.device)
         day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows_t, day_bin, day_rate)  # (r,)
         beta = self.normaliser.level_beta
         level = ewma_update(zc, seen, rows_of["level"], rows_t, beta)  # (r,)
-        bias = ewma_update(resid.clamp(-Z_CLIP, Z_CLIP), seen, rows_of["bias"], rows_t, beta)  # (r,)
+        resid_c = resid.clamp(-Z_CLIP, Z_CLIP)
+        bias = ewma_update(resid_c, seen, rows_of["bias"], rows_t, beta)  # (r,)
+        scale = standardise_and_update(resid_c * std, seen, count - self.normaliser.settle - 1,
+                                       rows_of["resid_var"], rows_t, self.normaliser.alpha)  # (r,) NaN: none
         dev = torch.where(first, 0.0, z)
-        per_row = torch.stack([resid, bias, dev, day, level], 1).to("cpu", torch.float64).numpy()  # (r, 5)
-        per_row *= per_row
-        n_ch = batch.n_channels[idx].astype(np.int64)  # (m,)
-        evidence = np.maximum.reduceat(per_row, np.cumsum(n_ch) - n_ch, axis=0)  # (m, 5)
+        per_row = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
+        per_row = per_row.to("cpu", torch.float64).numpy()
+        per_row *= per_row  # (r, 5)
+        evidence = np.empty((len(idx), SIGNALS))  # (m, SIGNALS)
+        evidence[:, :5] = np.fmax.reduceat(per_row, starts, axis=0)  # the largest channel
+        evidence[:, 5] = repeat_evidence(run)
         err = np.zeros((len(idx), batch.values.shape[1]))
         above = np.zeros(err.shape, dtype=bool)
-        err[owner, chan] = per_row[:, 0]
+        err[owner, chan] = np.nan_to_num(per_row[:, 0])
         above[owner, chan] = (resid > 0).cpu().numpy()
         return _Wave(idx, slots, ts, err, above, evidence)
 

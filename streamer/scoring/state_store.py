@@ -37,22 +37,24 @@ class Column:
 # Row-level tensors: name -> (dtype, width); width 0 means the model's state size.
 ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "hidden": (torch.float32, 0),
-    "norm_count": (torch.float64, 1),
+    "norm_count": (torch.float32, 1),  # exact to 2**24 readings, long after the normaliser's weight floor
     "norm_mean": (torch.float64, 1),
-    "norm_var": (torch.float64, 1),
+    "norm_var": (torch.float32, 1),
     "pred": (torch.float32, 1),
     "level": (torch.float32, 1),  # short-term level of z (model.normaliser.ewma_update)
     "bias": (torch.float32, 1),  # short-term average of the forecast error (model.normaliser.ewma_update)
+    "resid_var": (torch.float32, 1),  # short-term mean squared forecast error (scoring.evidence)
+    "last_value": (torch.float32, 1),  # previous raw value, for exact repeats (scoring.evidence)
     "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
 }
 
 CORE_COLUMNS: tuple[Column, ...] = (
-    Column("row_start", np.int64),
+    Column("row_start", np.int32),  # 2**31 rows: far beyond any one process's memory
     Column("n_channels", np.int16),
     Column("last_ts", np.float64, fill=-np.inf),
     Column("last_seen", np.float64),  # wall-clock seconds of the last reading, for TTL and LRU
     Column("source_offset", np.int64, fill=-1),  # last applied Kafka offset (exactly-once state effect)
-    Column("steps", np.int64),  # readings applied to the recurrent state since the last reset
+    Column("steps", np.int32),  # readings applied to the recurrent state since the last reset
 )
 
 

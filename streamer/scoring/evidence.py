@@ -1,0 +1,78 @@
+"""Evidence helpers: put a device's channels on one footing, and notice a sensor that stopped moving.
+
+A device's evidence is the loudest of its channels (see `pipeline`), so a fault on one channel of four
+is not diluted by the three healthy ones. For the loudest to be a fair pick, channels must speak in
+comparable units; and one kind of fault, a stuck sensor, is too *quiet* for any of the other signals.
+Two per-row pictures serve that (rows are (device, channel) pairs, see `state_store`):
+
+- the *residual scale*: the mean squared one-step forecast error in the sensor's own units (cumulative
+  at first, then exponentially weighted at the normaliser's pace). The forecast error and bias are
+  divided by its square root, so a smooth, strongly seasonal channel whose usual error is small shows a
+  fault as loudly as a noisy channel. Raw units rather than z units: z shrinks while the normaliser is
+  still learning a new sensor's range, which would make the first hours look noisier than the rest.
+  A squared error beyond `SCALE_PROTECT` times the scale is learned as that bound, so a spike does not
+  teach the scale that spikes are normal;
+- the *last raw value*, to count exact repeats. A device's *repeat run* is the number of consecutive
+  readings in which at least one channel repeated its previous value exactly: a noisy sensor almost
+  never does that twice in a row, a stuck one does it every time. The evidence is the run beyond
+  `REPEAT_GRACE` readings. The grace matters because a device whose runs were always shorter has a
+  calibrated spread of ~0, so the first longer run scores at once; a coarsely quantised sensor that
+  repeats often teaches its calibration that long runs are usual for it.
+
+Shapes: R rows, m devices; tensors (R,) unless noted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamer.scoring.state_store import Column
+
+SCALE_PROTECT = 100.0  # a squared error is learned as at most this many times the current scale
+SCALE_FLOOR = 1e-30  # a scale at or below this (a row that never erred) standardises nothing
+REPEAT_GRACE = 8  # readings of a repeat run that are not evidence (rounded values coincide now and then)
+
+COLUMNS: tuple[Column, ...] = (
+    Column("repeat_run", np.int16),  # consecutive readings with an exactly repeated channel value, saturating
+)
+
+
+def standardise_and_update(
+    err: torch.Tensor,  # (R,) float32, forecast error in raw units
+    seen: torch.Tensor,  # (R,) bool, the normaliser has settled: the error means something
+    learned: torch.Tensor,  # (R,) float, errors the row has learned before this one
+    scale: torch.Tensor,  # (R_all,) float32, every row's mean squared error (updated in place)
+    rows: torch.Tensor,  # (R,) int64
+    weight: float,  # EWMA weight once the row has learned 1 / weight errors
+) -> torch.Tensor:
+    """The row's usual error (root of its scale) before this one (R,), NaN where it has none yet; then
+    fold the squared error into the scale where `seen`."""
+    old = scale[rows]  # (R,)
+    known = old > SCALE_FLOOR
+    sq = err * err
+    bounded = torch.where(known, torch.minimum(sq, SCALE_PROTECT * old), sq)
+    rate = torch.clamp(1.0 / (learned + 1.0), min=weight).to(old.dtype)
+    scale[rows] = torch.where(seen, old + rate * (bounded - old), old)
+    return torch.where(known, old.sqrt(), torch.full_like(old, float("nan")))
+
+
+def repeat_runs(
+    x: torch.Tensor,  # (R,) float32, this reading's raw values
+    last: torch.Tensor,  # (R_all,) float32, every row's previous raw value (updated in place)
+    rows: torch.Tensor,  # (R,) int64
+    has_last: torch.Tensor,  # (R,) bool, the row holds a previous value
+    starts: np.ndarray,  # (m,) position of each device's first row among the R
+    run: np.ndarray,  # (m,) int16, each device's repeat run before this reading
+) -> np.ndarray:
+    """Each device's repeat run after this reading (m,) int16; keeps the values as the rows' last."""
+    same = ((x == last[rows]) & has_last).cpu().numpy()  # (R,)
+    last[rows] = x
+    repeated = np.logical_or.reduceat(same, starts) if len(starts) else np.zeros(0, dtype=bool)  # (m,)
+    longer = np.minimum(run.astype(np.int32) + 1, np.iinfo(np.int16).max)
+    return np.where(repeated, longer, 0).astype(np.int16)
+
+
+def repeat_evidence(run: np.ndarray) -> np.ndarray:
+    """Repeat runs (m,) -> evidence (m,) float64: readings beyond the grace."""
+    return np.maximum(run.astype(np.float64) - REPEAT_GRACE, 0.0)
