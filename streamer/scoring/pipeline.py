@@ -98,15 +98,15 @@ class ScoringPipeline:
         scores = np.full(n, np.nan, dtype=np.float32)
         alerting = np.zeros(n, dtype=bool)
         top = np.full(n, -1, dtype=np.int16)
-        status = self._validate(batch)
+        slots, status = self._validate(batch)
         events: list[AlertEvent] = []
         valid = np.flatnonzero(status == DropReason.SCORED)
-        slots = self._slots
         waves = _wave_ranks(slots[valid])
         n_waves = int(waves.max()) + 1 if len(valid) else 0
         with torch.inference_mode():
             for k in range(n_waves):
-                wave = self._step(batch, valid[waves == k], status)
+                idx = valid[waves == k]
+                wave = self._step(batch, idx, slots[idx], status)
                 if wave is None:
                     continue
                 evidence = wave.evidence  # (m, SIGNALS)
@@ -120,10 +120,9 @@ class ScoringPipeline:
         return ScoredBatch(scores, alerting, status, top, events, n_waves)
 
     # ---- steps of score() -----------------------------------------------------------------------
-    def _validate(self, batch: ReadingBatch) -> np.ndarray:
-        """Drop reasons decidable before stepping; also resolves (and caches) every reading's slot."""
+    def _validate(self, batch: ReadingBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Every reading's slot (n,) and its drop reason if decidable before stepping (n,) uint8."""
         slots, mismatch = self.store.slots_for(batch.device_ids, batch.n_channels, batch.channels)
-        self._slots = slots
         c_max = batch.values.shape[1]
         in_range = np.arange(c_max)[None, :] < batch.n_channels[:, None]
         non_finite = (~np.isfinite(batch.values) & in_range).any(axis=1)
@@ -132,12 +131,13 @@ class ScoringPipeline:
         status[applied] = DropReason.ALREADY_APPLIED
         status[non_finite] = DropReason.NON_FINITE
         status[mismatch] = DropReason.CHANNEL_MISMATCH
-        return status
+        return slots, status
 
-    def _step(self, batch: ReadingBatch, idx: np.ndarray, status: np.ndarray) -> _Wave | None:
-        """Apply one wave (each device at most once) to the recurrent state."""
+    def _step(
+        self, batch: ReadingBatch, idx: np.ndarray, slots: np.ndarray, status: np.ndarray
+    ) -> _Wave | None:
+        """Apply one wave (readings idx of the batch, on device slots; each device at most once)."""
         cols, rows_of = self.store.cols, self.store.rows
-        slots = self._slots[idx]
         ts = batch.ts[idx]
         last = cols["last_ts"][slots]
         fresh = ts > last
