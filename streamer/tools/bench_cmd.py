@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 BENCHMARKS = {
@@ -44,3 +46,24 @@ def _runner(name: str, module_name: str) -> Any:
         return int(module.run(parser.parse_args(args.options)))
 
     return run
+
+
+def on_broker(bootstrap: str | None, measure: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Run `measure(bootstrap)` against the given broker, or an embedded one started for the run."""
+    if bootstrap:
+        return measure(bootstrap)
+    from streamer.kafka.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        return measure(broker.bootstrap_servers)
+
+
+def report(result: Mapping[str, Any], as_json: bool) -> int:
+    """Print a benchmark's result: one JSON object with --json, else one aligned line per field."""
+    if as_json:
+        print(json.dumps(result), flush=True)
+    else:
+        width = max((len(key) for key in result), default=0)
+        for key, value in result.items():
+            print(f"{key:>{width}}: {value}")
+    return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import time
 import uuid
@@ -52,19 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka.broker import EmbeddedBroker
+    from streamer.tools.bench_cmd import on_broker, report
 
-    if args.bootstrap:
-        result = bench(args, args.bootstrap)
-    else:
-        with EmbeddedBroker() as broker:
-            result = bench(args, broker.bootstrap_servers)
-    if args.json:
-        print(json.dumps(result), flush=True)
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
-    return 0
+    return report(on_broker(args.bootstrap, lambda bootstrap: bench(args, bootstrap)), args.json)
 
 
 def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ gone afterwards).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -36,22 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.kafka.broker import EmbeddedBroker
+    from streamer.tools.bench_cmd import on_broker, report
 
     if args.devices < 1 or args.channels < 1 or args.partitions < 1:
         print("rnnwatch bench restore: --devices, --channels and --partitions must be >= 1", file=sys.stderr)
         return 2
-    if args.bootstrap_servers:
-        result = measure(args, args.bootstrap_servers)
-    else:
-        with EmbeddedBroker() as broker:
-            result = measure(args, broker.bootstrap_servers)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>24}: {value}")
-    return 0
+    return report(on_broker(args.bootstrap_servers, lambda bootstrap: measure(args, bootstrap)), args.json)
 
 
 def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ two says how much the pipeline around the cell costs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -104,10 +103,6 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = bench(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>22}: {value}")
-    return 0
+    from streamer.tools.bench_cmd import report
+
+    return report(bench(args), args.json)
