@@ -46,6 +46,7 @@ from streamer.scoring.state_store import StateStore
 log = logging.getLogger(__name__)
 
 KEEP_COLUMNS = frozenset({"row_start", "n_channels", "last_ts", "last_seen", "source_offset"})
+# block start columns (e.g. relation_start) are kept too: they locate cells, they are not state
 NORMALISER_ROWS = frozenset({"norm_count", "norm_mean", "norm_var"})
 _MISSING = object()
 Installed = Callable[[np.ndarray, int, np.ndarray], None]  # (slots, partition, re-entered warm-up mask)
@@ -56,7 +57,7 @@ def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.nda
     if len(slots) == 0:
         return
     for col in store.columns.values():
-        if col.name not in KEEP_COLUMNS and not col.name.startswith("ckpt_"):
+        if col.name not in KEEP_COLUMNS and not col.name.startswith("ckpt_") and not _locates(store, col.name):
             store.cols[col.name][slots] = col.fill
     keep = np.broadcast_to(np.asarray(keep_normaliser, dtype=bool), slots.shape)
     for part, names in ((slots[keep], set(store.rows) - NORMALISER_ROWS), (slots[~keep], set(store.rows))):
@@ -64,6 +65,12 @@ def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.nda
             rows = torch.from_numpy(store.rows_of(part)[0]).to(store.device)
             for name in names:
                 store.rows[name][rows] = 0
+    for name in store.block_fields:  # the relation model is learned on the model's inputs: re-learn it
+        store.blocks[name][torch.from_numpy(store.cells_of(slots, name)).to(store.device)] = 0
+
+
+def _locates(store: StateStore, column: str) -> bool:
+    return any(b.start_column == column for b in store.block_fields.values())
 
 
 class Restorer:

@@ -7,8 +7,8 @@ Layout (little-endian), format 1:
     | channel names (flags bit 0: u32 block len + n_channels x (u16 len + UTF-8); else positional)
     | payload | crc32 u32
 
-The payload is every `ROW_FIELDS` row of the device's channels and every store column, packed in the
-order of a `StateSchema`, which is derived from the store itself (so a field another component adds
+The payload is every `ROW_FIELDS` row of the device's channels, every cell block (`Block`) and every
+store column, packed in the order of a `StateSchema`, which is derived from the store itself (so a field another component adds
 is carried without this module knowing it). `schema` is the crc32 of the schema's text: a record
 written under another schema (a field added, a dtype changed, another state size) still yields its
 header (device, channels, offset, last timestamp) but not its payload (`StateRecord.payload_known`).
@@ -17,7 +17,8 @@ header (device, channels, offset, last timestamp) but not its payload (`StateRec
 id): offsets of a deleted and recreated topic, or of a broker that lost its log, mean nothing, and
 restore must then not skip readings by them. All zeros: unknown (a broker without topic ids).
 
-Not serialised: `row_start` (where the slab put the rows: local to a process) and columns named
+Not serialised: `row_start` and the blocks' `*_start` (where the slabs put the rows and cells: local
+to a process) and columns named
 `ckpt_*` (the checkpointer's bookkeeping). `n_channels`, `source_offset` and `last_ts` travel in the
 header, because restore reads them without the payload.
 
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 from streamer.errors import StateError
-from streamer.scoring.state_store import ROW_FIELDS, StateStore
+from streamer.scoring.state_store import ROW_FIELDS, Block, StateStore
 
 FORMAT = 1
 MAGIC = b"RWS"
@@ -61,24 +62,27 @@ _U32 = struct.Struct("<I")
 
 @dataclass(frozen=True)
 class StateSchema:
-    """The payload layout: (name, little-endian dtype, width) of every row field and column."""
+    """The payload layout: (name, little-endian dtype, width) of every row field and column, and
+    (name, dtype, layout tag) of every cell block."""
 
     rows: tuple[tuple[str, str, int], ...]
     cols: tuple[tuple[str, str, int], ...]
+    blocks: tuple[Block, ...] = ()
 
     @classmethod
     def of(cls, store: StateStore) -> StateSchema:
         rows = tuple((name, _le(torch.empty(0, dtype=dt).numpy().dtype), w or store.state_size)
                      for name, (dt, w) in ROW_FIELDS.items())
-        skip = (*HEADER_COLUMNS, *LOCAL_COLUMNS)
+        skip = (*HEADER_COLUMNS, *LOCAL_COLUMNS, *(b.start_column for b in store.block_fields.values()))
         cols = tuple((c.name, _le(np.dtype(c.dtype)), c.width) for c in store.columns.values()
                      if c.name not in skip and not c.name.startswith(BOOKKEEPING_PREFIX))
-        return cls(rows, cols)
+        return cls(rows, cols, tuple(store.block_fields.values()))
 
     @property
     def text(self) -> str:
-        return ";".join(f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols))
-                        for n, d, w in part)
+        parts = [f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols)) for n, d, w in part]
+        parts += [f"b:{b.name}:{_le(_np_dtype(b.dtype))}:{b.tag}" for b in self.blocks]
+        return ";".join(parts)
 
     @cached_property
     def fingerprint(self) -> int:
@@ -93,7 +97,12 @@ class StateSchema:
 def _payload_dtype(schema: StateSchema, n_channels: int) -> np.dtype:
     fields = [(f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
     fields += [(f"c:{n}", d, (w,)) if w > 1 else (f"c:{n}", d) for n, d, w in schema.cols]
+    fields += [(f"b:{b.name}", _le(_np_dtype(b.dtype)), (b.cells(n_channels),)) for b in schema.blocks]
     return np.dtype(fields)
+
+
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def _le(dtype: np.dtype) -> str:
@@ -150,6 +159,9 @@ def _pack(store: StateStore, schema: StateSchema, slots: np.ndarray, c: int) -> 
         packed[f"r:{name}"] = values.reshape(packed[f"r:{name}"].shape)
     for name, _, _ in schema.cols:
         packed[f"c:{name}"] = store.cols[name][slots]
+    for block in schema.blocks:
+        cells = torch.from_numpy(store.cells_of(slots, block.name)).to(store.device)
+        packed[f"b:{block.name}"] = store.blocks[block.name][cells].cpu().numpy().reshape(len(slots), -1)
     return packed.tobytes()
 
 
@@ -272,9 +284,7 @@ def install_states(store: StateStore, records: Sequence[StateRecord],
     slots = store.install_devices([r.device_id for r in records], counts, [r.channels for r in records],
                                   zero_rows=False)  # known payloads overwrite every row; the rest below
     if not known.all():
-        rows = torch.from_numpy(store.rows_of(slots[~known])[0]).to(store.device)
-        for tensor in store.rows.values():
-            tensor[rows] = 0
+        store.zero_state(slots[~known])
     store.cols["source_offset"][slots] = np.fromiter((r.source_offset for r in records), np.int64, n)
     store.cols["last_ts"][slots] = np.fromiter((r.last_ts for r in records), np.float64, n)
     for c in np.unique(counts[known]).tolist():
@@ -299,3 +309,7 @@ def _unpack(store: StateStore, schema: StateSchema, slots: np.ndarray, packed: n
         target[where] = torch.from_numpy(np.ascontiguousarray(values)).to(target.device, target.dtype)
     for name, _, _ in schema.cols:
         store.cols[name][slots] = packed[f"c:{name}"]
+    for block in schema.blocks:
+        cells = torch.from_numpy(store.cells_of(slots, block.name)).to(store.device)
+        values = np.ascontiguousarray(packed[f"b:{block.name}"]).reshape(-1)
+        store.blocks[block.name][cells] = torch.from_numpy(values).to(store.device, store.blocks[block.name].dtype)

@@ -254,4 +254,5 @@ def encode_alert(event: AlertEvent, source_topic: str) -> bytes:
         ],
         "model_version": event.model_version,
         "source": {"topic": source_topic, "partition": event.partition, "offset": event.offset},
+        **({"reason": event.reason, "duration_s": event.duration_s} if event.state == "resolved" else {}),
     }, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,19 +1,34 @@
-"""Alert policy: a per-device state machine that turns scores into `firing` / `resolved` episodes.
+"""Alert policy: a per-device state machine whose state means "this device is abnormal now".
 
-    idle --(M of the last N scores >= open_threshold, cooldown over)--> firing
-    firing --(close_after consecutive scores < close_threshold)--> idle   [cooldown starts]
+    idle --(M of the last N alarms >= open_threshold, cooldown over)--> firing        [event: firing]
+    firing --(held alarm < close_threshold for resolve_after readings)--> idle       [resolved: recovered]
+    firing --(open for max_episode_s of event time)--> idle                          [resolved:
+                                                                                      accepted_new_normal]
 
-Separate open and close thresholds give hysteresis (a score hovering around one line does not flap);
-M-of-N confirmation trades a little latency for fewer one-reading blips; the cooldown (event time)
-keeps a flapping sensor from paging every few minutes. Alert ids are a hash of (device, start time,
-model version), so replaying the same stream gives the same ids.
+The *alarm* is the calibrated surprise of a reading against the device's normal (see `calibration`),
+and while an episode is open that normal is the one the device had *before* the episode: the pipeline
+stops the normaliser, the residual scale, the time-of-day profile, the relation model and the
+calibration from learning readings of a firing device. So a fault that persists keeps its alarm high
+and the episode open for as long as it lasts. The *held alarm* is an exponential average of the alarm
+(weight `hold_beta`), so a fault that only makes a channel noisier (alarms that come and go) holds the
+episode open too; it resolves only once the held alarm has stayed below `close_threshold` for
+`resolve_after` consecutive readings: the device is back to its old normal.
 
-Vectorised over the devices of one wave: slots (m,), scores (m,), ts (m,).
+A fault that never ends must not pin the old normal forever: after `max_episode_s` of event time the
+episode resolves with reason `accepted_new_normal`, and the pipeline re-learns the device's normal from
+the readings that follow (the device re-enters warm-up, as a new one does; its recurrent state and
+alert history are kept). Separate open and close levels give hysteresis; M-of-N confirmation trades a
+little latency for fewer one-reading blips; the cooldown (event time) keeps a flapping sensor from
+paging every few minutes. Alert ids are a hash of (device, start time, model version), so replaying
+the same stream gives the same ids.
+
+Vectorised over the devices of one wave: slots (m,), alarms (m,), ts (m,).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +37,18 @@ from streamer.errors import ConfigError
 from streamer.scoring.state_store import Column, StateStore
 
 IDLE, FIRING = 0, 1
+RECOVERED, ACCEPTED = "recovered", "accepted_new_normal"
 
 
 @dataclass(frozen=True)
 class AlertPolicyConfig:
     open_threshold: float = 0.5
-    close_threshold: float = 0.3
+    close_threshold: float = 0.15
     confirm_m: int = 1
     confirm_n: int = 1
-    close_after: int = 3  # consecutive readings below close_threshold that resolve an episode
+    resolve_after: int = 12  # consecutive readings back to normal (held alarm < close) that resolve
+    hold_beta: float = 0.05  # weight of a new alarm in the held alarm (1: no averaging)
+    max_episode_s: float = 3 * 86400.0  # event-time seconds after which an open episode's regime is accepted
     cooldown_s: float = 600.0  # event-time seconds after a resolve during which no episode opens
 
     def __post_init__(self) -> None:
@@ -40,12 +58,18 @@ class AlertPolicyConfig:
         if not 1 <= self.confirm_m <= self.confirm_n <= 32:
             raise ConfigError(f"alert confirmation needs 1 <= M <= N <= 32 (got {self.confirm_m} of "
                               f"{self.confirm_n})")
+        if self.resolve_after < 1 or not 0 < self.hold_beta <= 1:
+            raise ConfigError(f"alert resolve_after must be >= 1 and hold_beta in (0, 1] (got "
+                              f"{self.resolve_after}, {self.hold_beta})")
+        if not self.max_episode_s > 0 or math.isnan(self.max_episode_s):
+            raise ConfigError(f"alert max_episode_s must be > 0 seconds (got {self.max_episode_s})")
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("alert_state", np.int8),
-    Column("alert_hits", np.uint32),  # bit i set: the score i readings ago was >= open_threshold
-    Column("alert_below", np.int32),  # consecutive readings below close_threshold while firing
+    Column("alert_hits", np.uint32),  # bit i set: the alarm i readings ago was >= open_threshold
+    Column("alert_below", np.int16),  # consecutive readings back to normal while firing (saturating)
+    Column("alert_hold", np.float32),  # held alarm: exponential average of the alarm
     Column("alert_started_at", np.float64, fill=np.nan),
     Column("alert_cooldown_until", np.float64, fill=-np.inf),
 )
@@ -57,7 +81,8 @@ class Transitions:
 
     firing: np.ndarray  # (m,) bool
     opened: np.ndarray  # (k,) int64
-    closed: np.ndarray  # (j,) int64
+    recovered: np.ndarray  # (j,) int64, resolved: back to the normal of before the episode
+    accepted: np.ndarray  # (a,) int64, resolved: open for max_episode_s, the new regime is the new normal
 
 
 def alert_id(device_id: str, started_at: float, model_version: str) -> str:
@@ -66,7 +91,7 @@ def alert_id(device_id: str, started_at: float, model_version: str) -> str:
 
 
 class AlertPolicy:
-    """Hysteresis + M-of-N + cooldown over every device's scores."""
+    """Hysteresis + M-of-N + held alarm + maximum episode + cooldown over every device's alarms."""
 
     def __init__(self, config: AlertPolicyConfig | None = None) -> None:
         self.config = config or AlertPolicyConfig()
@@ -76,26 +101,38 @@ class AlertPolicy:
     def columns() -> tuple[Column, ...]:
         return COLUMNS
 
-    def update(self, store: StateStore, slots: np.ndarray, scores: np.ndarray, ts: np.ndarray) -> Transitions:
+    @staticmethod
+    def firing(store: StateStore, slots: np.ndarray) -> np.ndarray:
+        """Whether each device's episode is open before its next reading: (m,) -> (m,) bool."""
+        return store.cols["alert_state"][slots] == FIRING
+
+    def update(self, store: StateStore, slots: np.ndarray, alarms: np.ndarray, ts: np.ndarray) -> Transitions:
         cfg = self.config
         cols = store.cols
         state = cols["alert_state"][slots]
-        hit = scores >= cfg.open_threshold
+        hit = alarms >= cfg.open_threshold
         hits = ((cols["alert_hits"][slots] << np.uint32(1)) | hit.astype(np.uint32)) & self._mask
         confirmed = np.bitwise_count(hits) >= cfg.confirm_m
-        below = np.where(scores < cfg.close_threshold, cols["alert_below"][slots] + 1, 0)
+        hold = cols["alert_hold"][slots].astype(np.float64)
+        hold = np.where(state == FIRING, hold + cfg.hold_beta * (alarms - hold), alarms)
+        normal = hold < cfg.close_threshold
+        below = np.where(normal, np.minimum(cols["alert_below"][slots].astype(np.int32) + 1, 2**15 - 1), 0)
+        started = cols["alert_started_at"][slots]
 
         opens = (state == IDLE) & confirmed & (ts >= cols["alert_cooldown_until"][slots])
-        closes = (state == FIRING) & (below >= cfg.close_after)
+        firing = state == FIRING
+        recovers = firing & (below >= cfg.resolve_after)
+        accepts = firing & ~recovers & (ts - started >= cfg.max_episode_s)
+        closes = recovers | accepts
         new_state = np.where(opens, FIRING, np.where(closes, IDLE, state)).astype(np.int8)
 
         cols["alert_state"][slots] = new_state
         cols["alert_hits"][slots] = np.where(opens, 0, hits)
         cols["alert_below"][slots] = np.where(new_state == FIRING, below, 0)
-        cols["alert_started_at"][slots] = np.where(opens, ts, cols["alert_started_at"][slots])
+        cols["alert_hold"][slots] = np.where(opens, alarms, hold)
+        cols["alert_started_at"][slots] = np.where(opens, ts, started)
         cols["alert_cooldown_until"][slots] = np.where(
             closes, ts + cfg.cooldown_s, cols["alert_cooldown_until"][slots]
         )
-        return Transitions(
-            firing=new_state == FIRING, opened=np.flatnonzero(opens), closed=np.flatnonzero(closes)
-        )
+        return Transitions(firing=new_state == FIRING, opened=np.flatnonzero(opens),
+                           recovered=np.flatnonzero(recovers), accepted=np.flatnonzero(accepts))

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.scoring.signals import SIGNALS
 from streamer.scoring.state_store import Column, StateStore
 
 
@@ -54,13 +55,14 @@ class CalibrationConfig:
     skip: int = 12  # first errors ignored entirely (normaliser settling)
     protect_z: float = 100.0  # winsorise evidence beyond this many sigma before learning it
     z_half: float = 10.0  # sigma that maps to score 0.5
+    z_max: float = 1e4  # sigma beyond which surprise is not ranked (a baseline that never varied)
     min_std: float = 1e-3  # floor of each signal's std (normalised units squared)
     peak_decay: float = 0.999  # per-reading decay of the remembered peak score
     damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
+    realert: float = 2.0  # inside an open episode a score counts only beyond this many times its peak sigma
+    damp_episode: float = 0.9  # fraction taken off a score inside an open episode that is not that much worse
 
 
-SIGNALS = 6  # evidence per reading: [forecast error, forecast bias, deviation from mean, from profile, level,
-#             repeat run]
 
 COLUMNS: tuple[Column, ...] = (
     Column("cal_count", np.int16, width=SIGNALS),  # readings seen per signal, saturating
@@ -76,6 +78,11 @@ def squash(z: np.ndarray, z_half: float) -> np.ndarray:
     return zp / (zp + z_half)
 
 
+def unsquash(score: np.ndarray, z_half: float) -> np.ndarray:
+    """The inverse of `squash` on [0, 1): score (...) -> sigma (...)."""
+    return z_half * score / np.maximum(1.0 - score, 1e-12)
+
+
 class Calibrator:
     """Per-device evidence distributions with warm-up, onset emphasis and a protect gate."""
 
@@ -86,11 +93,16 @@ class Calibrator:
     def columns() -> tuple[Column, ...]:
         return COLUMNS
 
-    def update(self, store: StateStore, slots: np.ndarray, error: np.ndarray) -> np.ndarray:
-        """Score then learn: slots (m,), error (m, SIGNALS) float >= 0 or NaN -> scores (m,) in [0, 1).
+    def update(self, store: StateStore, slots: np.ndarray, error: np.ndarray, learn: np.ndarray,
+               firing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Score then learn: slots (m,), error (m, SIGNALS) float >= 0 or NaN, learn (m,) bool ->
+        (alarm (m,), score (m,), both in [0, 1); the winning signal (m,) int). `firing` (m,) bool marks
+        devices whose alert episode is open: their score re-alerts only when the alarm gets worse.
 
-        Each signal is calibrated against its own distribution; the score is the most surprising one,
-        damped unless it beats the device's decayed recent peak.
+        Each signal is calibrated against its own distribution; `alarm` is the most surprising one
+        (what the alert policy decides on: is the device abnormal now), `score` the same damped unless
+        it beats the device's decayed recent peak (the ranking, loud at onsets). Only devices marked
+        `learn` (not in an open alert episode) fold this evidence into their distributions.
         """
         cfg = self.config
         cols = store.cols
@@ -103,20 +115,25 @@ class Calibrator:
         std = np.maximum(np.sqrt(var), cfg.min_std)
         z = (evidence - mean) / std
         learned = count - cfg.skip  # errors already in the distribution
-        z = np.where(known & (learned >= cfg.warmup), z, 0.0)
-        raw = squash(z.max(axis=1), cfg.z_half)  # (m,)
+        z = np.where(known & (learned >= cfg.warmup), np.minimum(z, cfg.z_max), 0.0)
+        signal = z.argmax(axis=1)  # (m,)
+        alarm = squash(z[np.arange(len(z)), signal], cfg.z_half)  # (m,)
 
-        peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay  # (m,)
-        scores = np.where(raw > peak, raw, raw * (1.0 - cfg.damp))
-        cols["cal_peak"][slots] = np.maximum(raw, peak)
+        held = cols["cal_peak"][slots].astype(np.float64)  # (m,)
+        peak = np.where(firing, held, held * cfg.peak_decay)  # an open episode's peak does not fade
+        worse = squash(cfg.realert * unsquash(peak, cfg.z_half), cfg.z_half)  # (m,)
+        scores = np.where(firing, np.where(alarm > worse, alarm, alarm * (1.0 - cfg.damp_episode)),
+                          np.where(alarm > peak, alarm, alarm * (1.0 - cfg.damp)))
+        cols["cal_peak"][slots] = np.maximum(alarm, peak)
 
-        learn = known & (count >= cfg.skip)
+        taught = known & learn[:, None]
+        fold = taught & (count >= cfg.skip)
         x = np.where(learned > cfg.warmup // 2, np.minimum(evidence, mean + cfg.protect_z * std), evidence)
         alpha = np.maximum(1.0 / (np.maximum(learned, 0) + 1.0), cfg.alpha)
         delta = x - mean
         new_mean = mean + alpha * delta
         new_var = (1 - alpha) * (var + alpha * delta * delta)
-        cols["cal_mean"][slots] = np.where(learn, new_mean, mean)
-        cols["cal_var"][slots] = np.where(learn, new_var, var)
-        cols["cal_count"][slots] = np.minimum(count + known, np.iinfo(np.int16).max)
-        return scores
+        cols["cal_mean"][slots] = np.where(fold, new_mean, mean)
+        cols["cal_var"][slots] = np.where(fold, new_var, var)
+        cols["cal_count"][slots] = np.minimum(count + taught, np.iinfo(np.int16).max)
+        return alarm, scores, signal

@@ -12,10 +12,12 @@ Two per-row pictures serve that (rows are (device, channel) pairs, see `state_st
   still learning a new sensor's range, which would make the first hours look noisier than the rest.
   A squared error beyond `SCALE_PROTECT` times the scale is learned as that bound, so a spike does not
   teach the scale that spikes are normal;
-- the *last raw value*, to count exact repeats. A device's *repeat run* is the number of consecutive
-  readings in which at least one channel repeated its previous value exactly: a noisy sensor almost
-  never does that twice in a row, a stuck one does it every time. The evidence is the run beyond
-  `REPEAT_GRACE` readings. The grace matters because a device whose runs were always shorter has a
+- the *last raw value*, to count exact repeats. A channel's *repeat run* is the number of consecutive
+  readings in which it repeated its previous value exactly: a noisy sensor almost never does that
+  twice in a row, a stuck one does it every time. The device's evidence is its longest channel run
+  beyond `REPEAT_GRACE` readings (per channel, so a sample-and-hold analyser that repeats for a few
+  readings at a time does not hide a valve stuck on another channel). The grace matters because a
+  device whose runs were always shorter has a
   calibrated spread of ~0, so the first longer run scores at once; a coarsely quantised sensor that
   repeats often teaches its calibration that long runs are usual for it.
 
@@ -33,9 +35,7 @@ SCALE_PROTECT = 100.0  # a squared error is learned as at most this many times t
 SCALE_FLOOR = 1e-30  # a scale at or below this (a row that never erred) standardises nothing
 REPEAT_GRACE = 8  # readings of a repeat run that are not evidence (rounded values coincide now and then)
 
-COLUMNS: tuple[Column, ...] = (
-    Column("repeat_run", np.int16),  # consecutive readings with an exactly repeated channel value, saturating
-)
+COLUMNS: tuple[Column, ...] = ()  # per-row state: `last_value` and `repeat_run` (see state_store.ROW_FIELDS)
 
 
 def standardise_and_update(
@@ -60,17 +60,20 @@ def standardise_and_update(
 def repeat_runs(
     x: torch.Tensor,  # (R,) float32, this reading's raw values
     last: torch.Tensor,  # (R_all,) float32, every row's previous raw value (updated in place)
+    run: torch.Tensor,  # (R_all,) int16, every row's repeat run (updated in place)
     rows: torch.Tensor,  # (R,) int64
     has_last: torch.Tensor,  # (R,) bool, the row holds a previous value
     starts: np.ndarray,  # (m,) position of each device's first row among the R
-    run: np.ndarray,  # (m,) int16, each device's repeat run before this reading
 ) -> np.ndarray:
-    """Each device's repeat run after this reading (m,) int16; keeps the values as the rows' last."""
-    same = ((x == last[rows]) & has_last).cpu().numpy()  # (R,)
+    """Each device's longest channel repeat run after this reading (m,) int64; keeps the values as the
+    rows' last."""
+    same = (x == last[rows]) & has_last  # (R,)
     last[rows] = x
-    repeated = np.logical_or.reduceat(same, starts) if len(starts) else np.zeros(0, dtype=bool)  # (m,)
-    longer = np.minimum(run.astype(np.int32) + 1, np.iinfo(np.int16).max)
-    return np.where(repeated, longer, 0).astype(np.int16)
+    longer = (run[rows].to(torch.int32) + 1).clamp_max(torch.iinfo(torch.int16).max)
+    runs = torch.where(same, longer, 0).to(torch.int16)
+    run[rows] = runs
+    per_row = runs.cpu().numpy().astype(np.int64)
+    return np.maximum.reduceat(per_row, starts) if len(starts) else np.zeros(0, dtype=np.int64)
 
 
 def repeat_evidence(run: np.ndarray) -> np.ndarray:

@@ -32,12 +32,27 @@ from model.normaliser import (
     row_std,
 )
 from streamer.errors import ConfigError
-from streamer.scoring.alert_policy import AlertPolicy, AlertPolicyConfig, Transitions, alert_id
-from streamer.scoring.calibration import SIGNALS, CalibrationConfig, Calibrator
+from streamer.scoring import relation
+from streamer.scoring.alert_policy import (
+    ACCEPTED,
+    RECOVERED,
+    AlertPolicy,
+    AlertPolicyConfig,
+    Transitions,
+    alert_id,
+)
+from streamer.scoring.alert_policy import COLUMNS as ALERT_COLUMNS
+from streamer.scoring.calibration import CalibrationConfig, Calibrator
 from streamer.scoring.evidence import COLUMNS as EVIDENCE_COLUMNS
 from streamer.scoring.evidence import repeat_evidence, repeat_runs, standardise_and_update
 from streamer.scoring.readings import AlertEvent, ChannelAttribution, DropReason, ReadingBatch, ScoredBatch
-from streamer.scoring.state_store import StateStore
+from streamer.scoring.signals import PER_CHANNEL, SIGNALS, Signal
+from streamer.scoring.state_store import CORE_COLUMNS, Column, StateStore
+
+# what a device keeps when it accepts a new normal: identity, event time, offsets and its alert history
+_KEEP_ON_ACCEPT = tuple(c.name for c in (*CORE_COLUMNS, *ALERT_COLUMNS) if c.name != "steps")
+_COLUMNS = (Column("learn_since", np.float64, fill=np.nan),)  # event time the device's normal began learning
+_COLUMN_OF = {sig: k for k, sig in enumerate(PER_CHANNEL)}  # Signal -> column of the per-channel table
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,7 @@ class PipelineConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     policy: AlertPolicyConfig = field(default_factory=AlertPolicyConfig)
     gap_reset_s: float = math.inf  # reset a device's recurrent state after a silence this long
+    mature_s: float = 86400.0  # event time a device learns before an open episode freezes its normal
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,15 +75,38 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
+class _Rows:
+    """Where a wave's devices keep their rows: r rows for m devices, in device then channel order."""
+
+    rows: torch.Tensor  # (r,) int64 row indices in the store
+    owner: np.ndarray  # (r,) position in the wave of each row's device
+    chan: np.ndarray  # (r,) channel index of each row within its device
+    starts: np.ndarray  # (m,) position of each device's first row among the r
+    n_ch: np.ndarray  # (m,) int64 channel count of each device
+
+
+@dataclass
 class _Wave:
     """The readings of one wave that survived validation, and what stepping them produced."""
 
     idx: np.ndarray  # (m,) positions in the batch
     slots: np.ndarray  # (m,) device slots
     ts: np.ndarray  # (m,) event time
-    err: np.ndarray  # (m, c_max) per-channel squared error (0 beyond a device's channels)
-    above: np.ndarray  # (m, c_max) bool, value above the forecast
+    normal: np.ndarray  # (m,) bool, no episode was open before this reading
+    learn: np.ndarray  # (m,) bool, the device learns from this reading: normal, or its normal is not mature
+    layout: _Rows
+    table: np.ndarray  # (r, len(PER_CHANNEL)) float64 per-channel evidence (NaN: none yet)
+    above: np.ndarray  # (r,) bool, the value is above its forecast / its normal
     evidence: np.ndarray  # (m, SIGNALS) what the calibration scores, largest over channels (NaN: none)
+
+    def shares(self, signal: np.ndarray, c_max: int) -> np.ndarray:
+        """Each channel's part in the winning signal (m,) Signal -> (m, c_max), zero past a device's
+        channels. A device-level signal (repeat run, joint distance) is attributed by forecast error."""
+        column = np.array([_COLUMN_OF.get(Signal(int(s)), 0) for s in range(SIGNALS)])[signal]  # (m,)
+        lay = self.layout
+        out = np.zeros((len(self.idx), c_max))
+        out[lay.owner, lay.chan] = np.nan_to_num(self.table[np.arange(len(lay.owner)), column[lay.owner]])
+        return out
 
 
 class ScoringPipeline:
@@ -89,8 +128,9 @@ class ScoringPipeline:
         self.policy = AlertPolicy(self.config.policy)
         self.store = store or StateStore(
             self.model.config.state_size,
-            columns=(*EVIDENCE_COLUMNS, *Calibrator.columns(), *AlertPolicy.columns()),
+            columns=(*EVIDENCE_COLUMNS, *Calibrator.columns(), *AlertPolicy.columns(), *_COLUMNS),
             device=self.device,
+            blocks=relation.BLOCKS,
         )
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
@@ -109,13 +149,15 @@ class ScoringPipeline:
                 wave = self._step(batch, idx, slots[idx], status)
                 if wave is None:
                     continue
-                evidence = wave.evidence  # (m, SIGNALS)
-                wave_scores = self.calibrator.update(self.store, wave.slots, evidence)
-                transitions = self.policy.update(self.store, wave.slots, wave_scores, wave.ts)
+                alarm, wave_scores, signal = self.calibrator.update(self.store, wave.slots, wave.evidence,
+                                                                    wave.learn, ~wave.normal)
+                transitions = self.policy.update(self.store, wave.slots, alarm, wave.ts)
+                self._accept_new_normal(wave.slots[transitions.accepted])
+                shares = wave.shares(signal, batch.values.shape[1])  # (m, c_max)
                 scores[wave.idx] = wave_scores
                 alerting[wave.idx] = transitions.firing
-                top[wave.idx] = wave.err.argmax(axis=1)
-                events.extend(self._events(batch, wave, wave_scores, transitions))
+                top[wave.idx] = shares.argmax(axis=1)
+                events.extend(self._events(batch, wave, alarm, transitions, shares))
         events.sort(key=lambda e: (e.offset, e.ts))
         return ScoredBatch(scores, alerting, status, top, events, n_waves)
 
@@ -137,7 +179,42 @@ class ScoringPipeline:
         self, batch: ReadingBatch, idx: np.ndarray, slots: np.ndarray, status: np.ndarray
     ) -> _Wave | None:
         """Apply one wave (readings idx of the batch, on device slots; each device at most once)."""
-        cols, rows_of = self.store.cols, self.store.rows
+        admitted = self._admit(batch, idx, slots, status)
+        if admitted is None:
+            return None
+        idx, slots, ts, dt = admitted
+        layout = self._layout(slots)
+        normal = ~self.policy.firing(self.store, slots)  # (m,)
+        learning = normal | self._immature(slots, ts)  # (m,)
+        x = torch.from_numpy(batch.values[idx[layout.owner], layout.chan]).to(self.device)  # (r,)
+        learn = torch.from_numpy(learning[layout.owner]).to(self.device)  # (r,) bool
+        z, std, count = self._normalise(x, layout.rows, learn)
+        first = torch.from_numpy(self.store.cols["steps"][slots][layout.owner] == 0).to(self.device)  # (r,)
+        resid = self._forecast(z, first, layout.rows)
+        self.store.cols["steps"][slots] += 1
+        seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
+        table, device_level = self._evidence(x, z, std, resid, first, seen, learn, layout, slots, ts, dt)
+        evidence = np.empty((len(idx), SIGNALS))  # (m, SIGNALS)
+        evidence[:, list(PER_CHANNEL)] = np.fmax.reduceat(table, layout.starts, axis=0)  # the largest channel
+        for sig, values in device_level.items():
+            evidence[:, sig] = values
+        above = torch.where(first, z, resid).cpu().numpy() > 0
+        return _Wave(idx, slots, ts, normal, learning, layout, table, above, evidence)
+
+    def _immature(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Devices that have learned their normal for less than `mature_s` of event time (m,) bool: they
+        keep learning inside an episode, so a baseline that has not seen a whole cycle cannot lock."""
+        since = self.store.cols["learn_since"]
+        fresh = np.isnan(since[slots])
+        since[slots[fresh]] = ts[fresh]
+        return ts - since[slots] < self.config.mature_s
+
+    def _admit(self, batch: ReadingBatch, idx: np.ndarray, slots: np.ndarray, status: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Event time, offsets and gaps: drop readings not newer than their device's last (counted as
+        OUT_OF_ORDER), record the rest, reset the recurrent state after a long silence. Returns the
+        admitted (idx, slots, ts, seconds since the device's previous reading), or None."""
+        cols = self.store.cols
         ts = batch.ts[idx]
         last = cols["last_ts"][slots]
         fresh = ts > last
@@ -148,94 +225,134 @@ class ScoringPipeline:
         gap = np.isfinite(last) & (ts - last > self.config.gap_reset_s)
         cols["last_ts"][slots] = ts
         cols["source_offset"][slots] = np.maximum(cols["source_offset"][slots], batch.offsets[idx])
-
-        rows, owner = self.store.rows_of(slots)  # (r,), (r,)
-        chan = np.arange(len(rows)) - np.repeat(np.cumsum(batch.n_channels[idx]) - batch.n_channels[idx],
-                                                batch.n_channels[idx])
-        rows_t = torch.from_numpy(rows).to(self.device)
         if gap.any():
             self.store.reset_rows(torch.from_numpy(self.store.rows_of(slots[gap])[0]).to(self.device))
             cols["steps"][slots[gap]] = 0
-        first_dev = cols["steps"][slots] == 0
-        x = torch.from_numpy(batch.values[idx[owner], chan]).to(self.device)  # (r,)
-        count, mean, var = (rows_of[k][rows_t] for k in ("norm_count", "norm_mean", "norm_var"))
-        std = row_std(mean, var, self.normaliser).to(torch.float32)  # (r,) raw units per unit of z
-        z = normalise_and_update(x, count, mean, var, self.normaliser)  # (r,)
-        for key, value in (("norm_count", count), ("norm_mean", mean), ("norm_var", var)):
-            rows_of[key][rows_t] = value
-        first = torch.from_numpy(first_dev[owner]).to(self.device)  # (r,) bool
-        resid = torch.where(first, torch.zeros_like(z), z - rows_of["pred"][rows_t])  # (r,)
-        pred, hidden = self.model.step(model_input(z, first), rows_of["hidden"][rows_t])  # (r,), (r, S)
-        rows_of["hidden"][rows_t] = hidden
-        rows_of["pred"][rows_t] = pred
-        cols["steps"][slots] += 1
+        return idx, slots, ts, ts - last
 
-        # evidence, one value per signal (see streamer.scoring.calibration): forecast error and bias (in units
-        # of the channel's usual error), deviation from the mean, from the time-of-day profile, short-term
-        # level; squared, largest channel; and the device's repeat run (see streamer.scoring.evidence)
-        seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
-        n_ch = batch.n_channels[idx].astype(np.int64)  # (m,)
-        starts = np.cumsum(n_ch) - n_ch  # (m,) each device's first row
-        run = repeat_runs(x, rows_of["last_value"], rows_t, count > 1, starts, cols["repeat_run"][slots])
-        cols["repeat_run"][slots] = run  # (m,)
+    def _layout(self, slots: np.ndarray) -> _Rows:
+        rows, owner = self.store.rows_of(slots)  # (r,), (r,)
+        n_ch = self.store.cols["n_channels"][slots].astype(np.int64)  # (m,)
+        starts = np.cumsum(n_ch) - n_ch
+        chan = np.arange(len(rows)) - np.repeat(starts, n_ch)
+        return _Rows(torch.from_numpy(rows).to(self.device), owner, chan, starts, n_ch)
+
+    def _normalise(self, x: torch.Tensor, rows: torch.Tensor, learn: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (r,) float32 of raw values x (r,) under each row's statistics, the raw units per unit of z
+        (r,) and the rows' value counts after this one; the statistics learn x where `learn`."""
+        rows_of = self.store.rows
+        count, mean, var = (rows_of[k][rows] for k in ("norm_count", "norm_mean", "norm_var"))
+        std = row_std(mean, var, self.normaliser).to(torch.float32)  # (r,)
+        z = normalise_and_update(x, count, mean, var, self.normaliser, learn)  # (r,)
+        for key, value in (("norm_count", count), ("norm_mean", mean), ("norm_var", var)):
+            rows_of[key][rows] = value
+        return z, std, count
+
+    def _forecast(self, z: torch.Tensor, first: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The one-step forecast error of z (r,) (0 on a device's first step); steps the recurrent state."""
+        rows_of = self.store.rows
+        resid = torch.where(first, torch.zeros_like(z), z - rows_of["pred"][rows])  # (r,)
+        pred, hidden = self.model.step(model_input(z, first), rows_of["hidden"][rows])  # (r,), (r, S)
+        rows_of["hidden"][rows] = hidden
+        rows_of["pred"][rows] = pred
+        return resid
+
+    def _evidence(self, x: torch.Tensor, z: torch.Tensor, std: torch.Tensor, resid: torch.Tensor,
+                  first: torch.Tensor, seen: torch.Tensor, learn: torch.Tensor, layout: _Rows,
+                  slots: np.ndarray, ts: np.ndarray, dt: np.ndarray
+                  ) -> tuple[np.ndarray, dict[Signal, np.ndarray]]:
+        """The per-channel evidence table (r, len(PER_CHANNEL)) float64, squared, NaN where not available,
+        and the device-level signals {Signal: (m,)}; updates the evidence state of the rows."""
+        rows_of, rows = self.store.rows, layout.rows
+        normal_seen = seen & learn
+        count = rows_of["norm_count"][rows]  # (r,) values each row's normaliser has learned
+        run = repeat_runs(x, rows_of["last_value"], rows_of["repeat_run"], rows, count > 1, layout.starts)
         zc = z.clamp(-Z_CLIP, Z_CLIP)
-        day_rate = torch.from_numpy(day_rates(ts - last, self.normaliser)[owner]).to(self.device)
-        day_bin = torch.from_numpy(day_bins(ts)[owner]).to(self.device)
-        day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows_t, day_bin, day_rate)  # (r,)
+        owner_t = layout.owner
+        day_rate = torch.from_numpy(day_rates(dt, self.normaliser)[owner_t]).to(self.device)
+        day_bin = torch.from_numpy(day_bins(ts)[owner_t]).to(self.device)
+        day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows, day_bin, day_rate,
+                                      learn)  # (r,)
         beta = self.normaliser.level_beta
-        level = ewma_update(zc, seen, rows_of["level"], rows_t, beta)  # (r,)
+        level = ewma_update(zc, seen, rows_of["level"], rows, beta)  # (r,)
+        vol = ewma_update(zc * zc, seen, rows_of["vol"], rows, beta)  # (r,)
         resid_c = resid.clamp(-Z_CLIP, Z_CLIP)
-        bias = ewma_update(resid_c, seen, rows_of["bias"], rows_t, beta)  # (r,)
-        scale = standardise_and_update(resid_c * std, seen, count - self.normaliser.settle - 1,
-                                       rows_of["resid_var"], rows_t, self.normaliser.alpha)  # (r,) NaN: none
+        bias = ewma_update(resid_c, seen, rows_of["bias"], rows, beta)  # (r,)
+        scale = standardise_and_update(resid_c * std, normal_seen, count - self.normaliser.settle - 1,
+                                       rows_of["resid_var"], rows, self.normaliser.alpha)  # (r,) NaN: none
         dev = torch.where(first, 0.0, z)
         per_row = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
         per_row = per_row.to("cpu", torch.float64).numpy()
         per_row *= per_row  # (r, 5)
-        evidence = np.empty((len(idx), SIGNALS))  # (m, SIGNALS)
-        evidence[:, :5] = np.fmax.reduceat(per_row, starts, axis=0)  # the largest channel
-        evidence[:, 5] = repeat_evidence(run)
-        err = np.zeros((len(idx), batch.values.shape[1]))
-        above = np.zeros(err.shape, dtype=bool)
-        err[owner, chan] = np.nan_to_num(per_row[:, 0])
-        above[owner, chan] = (resid > 0).cpu().numpy()
-        return _Wave(idx, slots, ts, err, above, evidence)
+        r2, joint = self._relation(zc, normal_seen, layout, count, slots)
+        table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), r2])  # (r, 7)
+        return table, {Signal.REPEAT: repeat_evidence(run), Signal.JOINT: joint}
 
-    def _events(
-        self, batch: ReadingBatch, wave: _Wave, scores: np.ndarray, transitions: Transitions
-    ) -> list[AlertEvent]:
+    def _relation(self, zc: torch.Tensor, learn: torch.Tensor, layout: _Rows, count: torch.Tensor,
+                  slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-channel evidence (see `relation`): r_k^2 per row (r,) and D^2 per device (m,), NaN where
+        none (one channel, or not learned yet); the devices' covariances learn where `learn`."""
+        r2 = np.full(len(layout.owner), np.nan)
+        joint = np.full(len(layout.starts), np.nan)
+        cov_store = self.store.blocks["relation"]
+        for c, pos in relation.device_groups(layout.n_ch):
+            at = torch.from_numpy(layout.starts[pos][:, None] + np.arange(c)).to(self.device)  # (mc, c)
+            cells = torch.from_numpy(self.store.cells_of(slots[pos], "relation").reshape(len(pos), -1)
+                                     ).to(self.device)  # (mc, cells(c))
+            learned = (count[at[:, 0]] - self.normaliser.settle - 1).clamp_min(0)  # (mc,)
+            rb, db, new = relation.score_and_learn(zc[at], cov_store[cells], learned, learn[at[:, 0]],
+                                                   self.normaliser.alpha)
+            cov_store[cells] = new
+            r2[at.cpu().numpy()] = rb.cpu().numpy()
+            joint[pos] = db.cpu().numpy()
+        return r2, joint
+
+    def _accept_new_normal(self, slots: np.ndarray) -> None:
+        """Devices whose episode outlived max_episode_s re-learn their normal from the readings to come:
+        a new device's state except identity, event time, offsets and alert history (see alert_policy)."""
+        if len(slots):
+            self.store.reset_devices(slots, keep=_KEEP_ON_ACCEPT)
+
+    def _events(self, batch: ReadingBatch, wave: _Wave, alarm: np.ndarray, transitions: Transitions,
+                shares: np.ndarray) -> list[AlertEvent]:
         out: list[AlertEvent] = []
         policy = self.policy.config
         started = self.store.cols["alert_started_at"]
-        for j, state, threshold in (
-            *((j, "firing", policy.open_threshold) for j in transitions.opened),
-            *((j, "resolved", policy.close_threshold) for j in transitions.closed),
+        for j, state, reason in (
+            *((j, "firing", None) for j in transitions.opened),
+            *((j, "resolved", RECOVERED) for j in transitions.recovered),
+            *((j, "resolved", ACCEPTED) for j in transitions.accepted),
         ):
             i, slot = int(wave.idx[j]), int(wave.slots[j])
             device_id = batch.device_ids[i]
             begun = float(started[slot])
+            ts = float(wave.ts[j])
             out.append(AlertEvent(
                 alert_id=alert_id(device_id, begun, self.model_version),
                 device_id=device_id,
                 state=state,  # type: ignore[arg-type]
-                ts=float(wave.ts[j]),
+                ts=ts,
                 started_at=begun,
-                score=float(scores[j]),
-                threshold=threshold,
-                channels=self._attribution(batch, i, slot, wave.err[j], wave.above[j]),
+                score=float(alarm[j]),
+                threshold=policy.open_threshold if reason is None else policy.close_threshold,
+                channels=self._attribution(batch, i, slot, shares[j], wave, j),
                 model_version=self.model_version,
                 partition=int(batch.partitions[i]),
                 offset=int(batch.offsets[i]),
+                reason=reason,  # type: ignore[arg-type]
+                duration_s=None if reason is None else ts - begun,
             ))
         return out
 
-    def _attribution(
-        self, batch: ReadingBatch, i: int, slot: int, err: np.ndarray, above: np.ndarray
-    ) -> tuple[ChannelAttribution, ...]:
+    def _attribution(self, batch: ReadingBatch, i: int, slot: int, err: np.ndarray, wave: _Wave, j: int
+                     ) -> tuple[ChannelAttribution, ...]:
         c = int(batch.n_channels[i])
         names = self.store.channel_names(slot) or tuple(str(k) for k in range(c))
         total = float(err[:c].sum())
         shares = err[:c] / total if total > 0 else np.full(c, 1.0 / c)
+        first_row = int(wave.layout.starts[j])
+        above = wave.above[first_row : first_row + c]
         return tuple(
             ChannelAttribution(names[k], round(float(shares[k]), 6), "above" if above[k] else "below")
             for k in range(c)

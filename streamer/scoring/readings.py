@@ -106,6 +106,8 @@ class AlertEvent:
     model_version: str
     partition: int = -1
     offset: int = -1
+    reason: Literal["recovered", "accepted_new_normal"] | None = None  # why a `resolved` episode ended
+    duration_s: float | None = None  # event-time seconds the episode was open (`resolved` only)
 
 
 @dataclass(frozen=True, slots=True)

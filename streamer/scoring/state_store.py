@@ -6,9 +6,16 @@ device (CPU or CUDA), so a wave of readings gathers and scatters them in one ind
 Per-device fields (last timestamp, calibration, alert state, ...) live in numpy columns indexed by the
 device's *slot*. Components declare the columns they need (`Column`) and the store allocates them.
 
-Capacity grows by chunks; freed slots and row blocks are reused. Nothing here knows about Kafka.
+A component may also need per-device state whose size grows faster than the channel count (the
+cross-channel relation model keeps a C x C matrix, see `relation`): a `Block` declares it with its
+cell count as a function of C, and the store keeps every device's cells contiguous in one flat
+tensor beside the rows (`blocks`, located by the device's `<name>_start` column).
 
-Shapes: S = model state size; row tensors (row_capacity, ...); device columns (device_capacity, width).
+Capacity grows by chunks; freed slots, row blocks and cell blocks are reused. Nothing here knows
+about Kafka.
+
+Shapes: S = model state size; row tensors (row_capacity, ...); device columns (device_capacity, width);
+block tensors (block_capacity,).
 """
 
 from __future__ import annotations
@@ -34,6 +41,21 @@ class Column:
     fill: float = 0.0
 
 
+@dataclass(frozen=True)
+class Block:
+    """Per-device state of `cells(n_channels)` values of `dtype`, zero for a new device. `tag` names the
+    cell layout (it goes into the checkpoint schema: another layout is another schema)."""
+
+    name: str
+    dtype: torch.dtype
+    cells: Callable[[int], int]
+    tag: str
+
+    @property
+    def start_column(self) -> str:
+        return f"{self.name}_start"
+
+
 # Row-level tensors: name -> (dtype, width); width 0 means the model's state size.
 ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "hidden": (torch.float32, 0),
@@ -44,7 +66,9 @@ ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "level": (torch.float32, 1),  # short-term level of z (model.normaliser.ewma_update)
     "bias": (torch.float32, 1),  # short-term average of the forecast error (model.normaliser.ewma_update)
     "resid_var": (torch.float32, 1),  # short-term mean squared forecast error (scoring.evidence)
+    "vol": (torch.float32, 1),  # short-term mean of z^2 (model.normaliser.ewma_update)
     "last_value": (torch.float32, 1),  # previous raw value, for exact repeats (scoring.evidence)
+    "repeat_run": (torch.int16, 1),  # consecutive exact repeats of the value, saturating (scoring.evidence)
     "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
 }
 
@@ -68,13 +92,22 @@ class StateStore:
         device: torch.device | str = "cpu",
         initial_devices: int = 1024,
         clock: Callable[[], float] | None = None,
+        blocks: Iterable[Block] = (),
     ) -> None:
         import time
 
         self.state_size = state_size
         self.device = torch.device(device)
         self.clock = clock or time.time
-        self.columns: dict[str, Column] = {c.name: c for c in (*CORE_COLUMNS, *columns)}
+        self.block_fields: dict[str, Block] = {b.name: b for b in blocks}
+        starts = tuple(Column(b.start_column, np.int64) for b in self.block_fields.values())
+        self.columns: dict[str, Column] = {c.name: c for c in (*CORE_COLUMNS, *starts, *columns)}
+        self.blocks: dict[str, torch.Tensor] = {
+            b.name: torch.zeros(max(1, initial_devices) * b.cells(4), dtype=b.dtype, device=self.device)
+            for b in self.block_fields.values()
+        }
+        self._free_cells: dict[str, dict[int, list[int]]] = {b: {} for b in self.block_fields}
+        self._cells_used: dict[str, int] = dict.fromkeys(self.block_fields, 0)
         self._slot: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._names: list[tuple[str, ...] | None] = []
@@ -173,6 +206,8 @@ class StateStore:
         for col in self.columns.values():
             self.cols[col.name][slot] = col.fill
         self.cols["row_start"][slot] = row_start
+        for block in self.block_fields.values():
+            self.cols[block.start_column][slot] = self._take_cells(block, n_channels)
         self.cols["n_channels"][slot] = n_channels
         self._slot[device_id] = slot
         self._ids[slot] = device_id
@@ -193,11 +228,33 @@ class StateStore:
             tensor[start : start + count] = 0
         return start
 
+    def _take_cells(self, block: Block, n_channels: int) -> int:
+        size = block.cells(n_channels)
+        free = self._free_cells[block.name].get(size)
+        if free:
+            start = free.pop()
+        else:
+            start = self._cells_used[block.name]
+            self._grow_cells(block.name, start + size)
+            self._cells_used[block.name] = start + size
+        self.blocks[block.name][start : start + size] = 0
+        return start
+
+    def _grow_cells(self, name: str, needed: int) -> None:
+        old = self.blocks[name]
+        if needed > old.shape[0]:
+            fresh = torch.zeros(max(2 * old.shape[0], needed), dtype=old.dtype, device=old.device)
+            fresh[: old.shape[0]] = old
+            self.blocks[name] = fresh
+
     def evict(self, device_id: str) -> None:
-        """Forget a device: its slot and rows return to the free lists."""
+        """Forget a device: its slot, rows and cells return to the free lists."""
         slot = self._slot.pop(device_id)
         count = int(self.cols["n_channels"][slot])
         self._free_rows.setdefault(count, []).append(int(self.cols["row_start"][slot]))
+        for block in self.block_fields.values():
+            self._free_cells[block.name].setdefault(block.cells(count), []).append(
+                int(self.cols[block.start_column][slot]))
         self._ids[slot] = None
         self._names[slot] = None
         self.live[slot] = False
@@ -261,10 +318,10 @@ class StateStore:
             self.cols[col.name][slots] = col.fill
         self.cols["row_start"][slots] = starts
         self.cols["n_channels"][slots] = counts
+        for block in self.block_fields.values():
+            self.cols[block.start_column][slots] = self._install_cells(block, counts)
         if zero_rows:
-            rows = torch.from_numpy(self.rows_of(slots)[0]).to(self.device)
-            for tensor in self.rows.values():
-                tensor[rows] = 0
+            self.zero_state(slots)
         slot_list = slots.tolist()
         held.update(zip(device_ids, slot_list, strict=True))
         ids, names_of = self._ids, self._names
@@ -273,6 +330,38 @@ class StateStore:
             names_of[slot] = names
         self.live[slots] = True
         return slots
+
+    def _install_cells(self, block: Block, counts: np.ndarray) -> np.ndarray:
+        """Cell starts for devices of these channel counts (n,): freed blocks first, then appended."""
+        sizes = np.array([block.cells(c) for c in counts.tolist()], dtype=np.int64)
+        starts = np.full(len(sizes), -1, dtype=np.int64)
+        free = self._free_cells[block.name]
+        for i, size in enumerate(sizes.tolist()):
+            if free.get(size):
+                starts[i] = free[size].pop()
+        new = starts < 0
+        used = self._cells_used[block.name]
+        starts[new] = used + np.cumsum(sizes[new]) - sizes[new]
+        self._cells_used[block.name] = used + int(sizes[new].sum())
+        self._grow_cells(block.name, self._cells_used[block.name])
+        return starts
+
+    def zero_state(self, slots: np.ndarray) -> None:
+        """Zero every row field and cell block of these devices (a new device's recurrent state)."""
+        rows = torch.from_numpy(self.rows_of(slots)[0]).to(self.device)
+        for tensor in self.rows.values():
+            tensor[rows] = 0
+        for name in self.block_fields:
+            self.blocks[name][torch.from_numpy(self.cells_of(slots, name)).to(self.device)] = 0
+
+    def cells_of(self, slots: np.ndarray, name: str) -> np.ndarray:
+        """Flat cell indices of these devices' `name` blocks, device after device: (m,) -> (k,) int64."""
+        block = self.block_fields[name]
+        counts = self.cols["n_channels"][slots].astype(np.int64)
+        sizes = np.array([block.cells(c) for c in counts.tolist()], dtype=np.int64)
+        owner = np.repeat(np.arange(len(slots)), sizes)
+        first = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return self.cols[block.start_column][slots][owner] + (np.arange(len(owner)) - first)
 
     def idle_slots(self, now: float, ttl_s: float) -> np.ndarray:
         """Slots of the devices not seen for more than `ttl_s` seconds (to pass to `evict_slots`)."""
@@ -317,6 +406,15 @@ class StateStore:
         rows = self.cols["row_start"][slots][owner] + (np.arange(len(owner)) - first)
         return rows, owner
 
+    def reset_devices(self, slots: np.ndarray, keep: Iterable[str]) -> None:
+        """Give these devices a new device's state (zero rows and cells, columns at their fill) except
+        the columns named in `keep`; identity, channels and where their rows and cells live stay."""
+        kept = {*keep, "row_start", "n_channels", *(b.start_column for b in self.block_fields.values())}
+        for col in self.columns.values():
+            if col.name not in kept:
+                self.cols[col.name][slots] = col.fill
+        self.zero_state(slots)
+
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Zero the recurrent state (not the normaliser) of these rows: after a long gap, say."""
         self.rows["hidden"][rows] = 0
@@ -329,11 +427,13 @@ class StateStore:
             (w or self.state_size) * torch.empty(0, dtype=dt).element_size() for dt, w in ROW_FIELDS.values()
         )
         col_bytes = sum(np.dtype(c.dtype).itemsize * c.width for c in self.columns.values())
+        col_bytes += sum(b.cells(n_channels) * torch.empty(0, dtype=b.dtype).element_size()
+                         for b in self.block_fields.values())
         map_bytes = sys.getsizeof("device-000000") + 2 * 8 + 100  # key str + dict entry + list slots
         return row_bytes * n_channels + col_bytes + map_bytes
 
     def memory_bytes(self) -> int:
         """Bytes allocated for state (capacity, not just what is in use)."""
-        rows = sum(t.element_size() * t.nelement() for t in self.rows.values())
+        rows = sum(t.element_size() * t.nelement() for t in (*self.rows.values(), *self.blocks.values()))
         cols = sum(a.nbytes for a in self.cols.values())
         return rows + cols + len(self._slot) * (sys.getsizeof("device-000000") + 116)

@@ -121,8 +121,12 @@ def _fill(store: Any, n: int, channels: int, seed: int) -> np.ndarray:
     for tensor in store.rows.values():
         shape = (len(rows), *tensor.shape[1:])
         tensor[rows] = torch.from_numpy(rng.standard_normal(shape)).to(tensor.dtype)
+    for name, block in store.block_fields.items():
+        cells = torch.from_numpy(store.cells_of(slots, name))
+        store.blocks[name][cells] = torch.from_numpy(rng.standard_normal(len(cells))).to(block.dtype)
+    local = {"row_start", "n_channels", *(b.start_column for b in store.block_fields.values())}
     for name, column in store.cols.items():
-        if name in ("row_start", "n_channels") or name.startswith("ckpt_"):
+        if name in local or name.startswith("ckpt_"):
             continue
         shape = (n, *column.shape[1:])
         column[slots] = (rng.random(shape) * 100).astype(column.dtype)
@@ -141,7 +145,13 @@ def _check_sample(source: Any, target: Any, ids: list[str], seed: int) -> None:
         for name in source.rows:
             if not torch.equal(source.rows[name][ra], target.rows[name][rb]):
                 raise AssertionError(f"device {device}: row field {name} differs after restore")
+        for name in source.blocks:
+            ca = torch.from_numpy(source.cells_of(np.array([a]), name))
+            cb = torch.from_numpy(target.cells_of(np.array([b]), name))
+            if not torch.equal(source.blocks[name][ca], target.blocks[name][cb]):
+                raise AssertionError(f"device {device}: cell block {name} differs after restore")
+        local = {"row_start", *(blk.start_column for blk in source.block_fields.values())}
         for name in source.cols:
-            if name not in ("row_start",) and not name.startswith("ckpt_") and not np.array_equal(
+            if name not in local and not name.startswith("ckpt_") and not np.array_equal(
                     source.cols[name][a], target.cols[name][b], equal_nan=True):
                 raise AssertionError(f"device {device}: column {name} differs after restore")
