@@ -253,8 +253,9 @@ class ScoringPipeline:
         """The one-step forecast error of z (r,) (0 on a device's first step); steps the recurrent state."""
         rows_of = self.store.rows
         resid = torch.where(first, torch.zeros_like(z), z - rows_of["pred"][rows])  # (r,)
-        pred, hidden = self.model.step(model_input(z, first), rows_of["hidden"][rows])  # (r,), (r, S)
-        rows_of["hidden"][rows] = hidden
+        state = rows_of["hidden"][rows].to(torch.float32)  # (r, S)
+        pred, hidden = self.model.step(model_input(z, first), state)  # (r,), (r, S)
+        rows_of["hidden"][rows] = hidden.to(rows_of["hidden"].dtype)
         rows_of["pred"][rows] = pred
         return resid
 

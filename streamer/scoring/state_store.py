@@ -58,7 +58,7 @@ class Block:
 
 # Row-level tensors: name -> (dtype, width); width 0 means the model's state size.
 ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
-    "hidden": (torch.float32, 0),
+    "hidden": (torch.float16, 0),  # recurrent state, stored at half precision (computed in float32)
     "norm_count": (torch.float32, 1),  # exact to 2**24 readings, long after the normaliser's weight floor
     "norm_mean": (torch.float64, 1),
     "norm_var": (torch.float32, 1),
