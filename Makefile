@@ -41,8 +41,9 @@ bench: install ## benchmarks, one JSON object per line
 model: install ## retrain the shipped default model (seeded, synthetic data only)
 	$(BIN)/rnnwatch train --synthetic --seed 7 --threads 2 --output model/default
 
-evaluate: install ## NAB evaluation from ../shared/datasets/nab into out/nab
+evaluate: install ## NAB into out/nab and Tennessee Eastman (rnnwatch vs PCA) into out/tep, from ../shared/datasets
 	$(BIN)/rnnwatch evaluate nab --nab-dir ../shared/datasets/nab --output-dir out/nab
+	$(BIN)/rnnwatch evaluate tep --tep-dir ../shared/datasets/tep --output-dir out/tep
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis out

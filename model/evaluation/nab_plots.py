@@ -53,7 +53,7 @@ def plot_file(path: Path, timestamps: np.ndarray, values: np.ndarray, scores: np
     bottom.set_ylabel("anomaly score")
     top.set_title(title)
     fig.autofmt_xdate()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_summary(path: Path, results: Mapping[str, ProfileResult], profile: str = "standard",
@@ -84,10 +84,11 @@ def plot_summary(path: Path, results: Mapping[str, ProfileResult], profile: str 
     right.set_title(f"{chosen.profile}: threshold {chosen.threshold:.4g}", fontsize=9)
     right.legend(fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
+    """Lay out ``fig`` and write it to ``path`` as a 100-dpi PNG (parent folders made); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas

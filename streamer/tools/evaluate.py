@@ -1,4 +1,6 @@
-"""`rnnwatch evaluate nab --nab-dir DIR --output-dir OUT`: the NAB benchmark through `rnnwatch replay`.
+"""`rnnwatch evaluate nab|tep`: labelled benchmarks through `rnnwatch replay` (TEP: `evaluate_tep`).
+
+`rnnwatch evaluate nab --nab-dir DIR --output-dir OUT`: the NAB benchmark.
 
 All 58 NAB series are replayed together through the daemon's scoring pipeline (each file one device),
 the outputs written as `OUT/<category>/<file>.csv` exactly as `rnnwatch replay` writes them, then scored
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from streamer.errors import ConfigError
+from streamer.tools import evaluate_tep
 from streamer.tools.replay import read_series, replay, write_result
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     nab.add_argument("--device", default="auto")
     nab.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     nab.set_defaults(func=run_nab)
+    evaluate_tep.register(bench)
 
 
 def run_nab(args: argparse.Namespace) -> int:
