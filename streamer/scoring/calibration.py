@@ -1,17 +1,9 @@
 """Calibration: turn a device's raw evidence into an anomaly score that means the same on every device.
 
-Evidence per reading (SIGNALS of them; 0-4 are each the largest over the device's channels, so a fault
-on one channel of many is not diluted by the healthy ones):
-
-0. the squared one-step forecast error of the recurrent model (a value its recent dynamics did not
-   lead to, even inside the usual range), in units of the channel's usual error (`evidence`);
-1. the squared forecast bias: the short-term average of that signed error (a forecast that keeps
-   missing the same way: dynamics the model expected to continue and that broke), in the same units;
-2. the squared deviation of the value from the normaliser's running mean, z^2 (values far from usual);
-3. the squared deviation of z from its time-of-day profile (a broken daily pattern);
-4. the squared short-term level of z (a sustained shift the one-step forecast stops seeing);
-5. the device's repeat run beyond a grace: readings in a row that repeat a channel's value exactly (a
-   stuck sensor, too quiet for the others; `evidence`).
+Evidence per reading: one value per `signals.Signal` (forecast error and bias, deviation from the
+mean, from the time-of-day profile, short-term level, volatility, repeat run, cross-channel relation and
+joint distance; see that module for what each means). Per-channel signals are the largest over the
+device's channels, so a fault on one channel of many is not diluted by the healthy ones.
 
 Each device keeps a count, a running mean and a running variance of each signal (cumulative while
 young, then an exponentially weighted one) and measures how many of its own standard deviations the
@@ -24,10 +16,16 @@ is squashed into [0, 1):
 The squash is monotone and never saturates, so scores keep their order (and a threshold sweep keeps
 its resolution) far into the tail.
 
-- Onset emphasis: each device remembers the peak of its recent scores, decaying by `peak_decay` per
-  reading. A score that does not beat that decayed peak is damped by `damp` (halved by default): an
-  event is reported loudly at its onset, and its aftermath, or a smaller echo soon after, does not
-  keep re-alarming.
+- Two outputs: the *alarm* (the squashed surprise, what the alert policy decides "abnormal now" on)
+  and the *score* (the published ranking, loud at onsets). Onset emphasis: each device remembers the
+  peak of its recent alarms, decaying by `peak_decay` per reading; a score that does not beat that
+  decayed peak is damped by `damp`. While the device's episode is open the peak does not decay and a
+  score counts only when its surprise exceeds `realert` times the peak's (the episode got worse);
+  otherwise it is damped by `damp_episode`. Surprise is capped at `z_max` sigma for ranking (a
+  baseline that never varied makes every later value "infinitely" surprising).
+- Frozen normal: a device in an open episode (and past its maturity, see `pipeline`) does not fold
+  its evidence into these distributions, so a persistent fault keeps scoring against the normal of
+  before the episode instead of being learned as normal.
 - Warm-up: a signal scores 0 until it has learned from `warmup` readings of its device, so a device's
   first `skip + warmup` readings get score 0 (no alert can fire); the very first `skip` readings,
   taken while the normaliser itself is still settling, do not teach the distribution.
