@@ -235,8 +235,9 @@ def test_relation_only_fault_opens_an_episode() -> None:
     events = []
     for start in range(0, n, 100):
         sl = slice(start, start + 100)
+        names = [("a", "b", "c")] * len(values[sl])
         out = pipe.score(ReadingBatch.from_rows(["rel"] * len(values[sl]), 60.0 * np.arange(n)[sl],
-                                                values[sl].tolist(), channels=[("a", "b", "c")] * len(values[sl])))
+                                                values[sl].tolist(), channels=names))
         events += out.events
     firing = [e for e in events if e.state == "firing" and e.ts >= at * 60]
     assert firing and firing[0].ts <= (at + 60) * 60, ([(e.state, e.ts / 60) for e in events], at)

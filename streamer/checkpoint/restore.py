@@ -57,7 +57,8 @@ def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.nda
     if len(slots) == 0:
         return
     for col in store.columns.values():
-        if col.name not in KEEP_COLUMNS and not col.name.startswith("ckpt_") and not _locates(store, col.name):
+        kept = col.name in KEEP_COLUMNS or col.name.startswith("ckpt_") or _locates(store, col.name)
+        if not kept:
             store.cols[col.name][slots] = col.fill
     keep = np.broadcast_to(np.asarray(keep_normaliser, dtype=bool), slots.shape)
     for part, names in ((slots[keep], set(store.rows) - NORMALISER_ROWS), (slots[~keep], set(store.rows))):
