@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from model.evaluation.nab_scorer import (
     score_corpus,
     score_files,
 )
+from streamer.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAB_DIR = Path(os.environ.get("NAB_DIR", REPO_ROOT.parent / "shared" / "datasets" / "nab"))
@@ -235,6 +239,18 @@ def test_plots_write_valid_pngs(tmp_path):
     summary_png = nab_plots.plot_summary(tmp_path / "summary.png", results, title="tiny")
     assert file_png == tmp_path / "files" / "a.png" and is_png(file_png)
     assert summary_png == tmp_path / "summary.png" and is_png(summary_png)
+
+
+def test_without_matplotlib_the_plots_name_the_extra_to_install(tmp_path, monkeypatch):
+    from streamer.tools.evaluate import run_nab
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if the `plots` extra were missing
+    detections, windows = corpus_of(50, [(20, 29)], {25: 0.9})
+    with pytest.raises(ImportError, match=re.escape("pip install 'rnnwatch[plots]'")):
+        nab_plots.plot_summary(tmp_path / "summary.png", score_corpus(detections, windows, PROFILES))
+    args = argparse.Namespace(nab_dir=tmp_path, output_dir=tmp_path / "out", no_plots=False)
+    with pytest.raises(ConfigError, match=r"rnnwatch\[plots\].*--no-plots"):  # before any replay
+        run_nab(args)
 
 
 # --- NAB's published detector outputs ---------------------------------------------------------------

@@ -56,8 +56,16 @@ _NAMED = 1
 _HEAD = struct.Struct("<3sBBHIqdI16s")
 NO_LOG_ID = bytes(16)
 _LEN = struct.Struct("<H")
-_CRC = struct.Struct("<I")
-_U32 = struct.Struct("<I")
+_U32 = struct.Struct("<I")  # the crc32 trailer and the channel-names block length
+
+
+def bookkeeping(name: str) -> str:
+    """The store column `name` of the checkpointer's bookkeeping: kept in memory, never serialised."""
+    return BOOKKEEPING_PREFIX + name
+
+
+def is_bookkeeping(column: str) -> bool:
+    return column.startswith(BOOKKEEPING_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class StateSchema:
                      for name, (dt, w) in ROW_FIELDS.items())
         skip = (*HEADER_COLUMNS, *LOCAL_COLUMNS, *(b.start_column for b in store.block_fields.values()))
         cols = tuple((c.name, _le(np.dtype(c.dtype)), c.width) for c in store.columns.values()
-                     if c.name not in skip and not c.name.startswith(BOOKKEEPING_PREFIX))
+                     if c.name not in skip and not is_bookkeeping(c.name))
         return cls(rows, cols, tuple(store.block_fields.values()))
 
     @property
@@ -95,7 +103,8 @@ class StateSchema:
 
 @lru_cache(maxsize=256)
 def _payload_dtype(schema: StateSchema, n_channels: int) -> np.dtype:
-    fields = [(f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
+    fields: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
+        (f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
     fields += [(f"c:{n}", d, (w,)) if w > 1 else (f"c:{n}", d) for n, d, w in schema.cols]
     fields += [(f"b:{b.name}", _le(_np_dtype(b.dtype)), (b.cells(n_channels),)) for b in schema.blocks]
     return np.dtype(fields)
@@ -176,7 +185,7 @@ def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: byte
         parts.append(_names_block(names))
     parts.append(payload)
     body = b"".join(parts)
-    return body + _CRC.pack(zlib.crc32(body))
+    return body + _U32.pack(zlib.crc32(body))
 
 
 @lru_cache(maxsize=1024)

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from kafka import KafkaProducer
 
-    from streamer.kafka.admin import TopicSpec, ensure_topics
-    from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
+    from streamer.kafka.admin import TopicSpec, ensure_topics, port_open
+    from streamer.kafka.broker import EmbeddedBroker, free_port
     from streamer.kafka.client_config import KafkaClientSettings, producer_kwargs, producer_throughput_kwargs
     from streamer.tools.simulate import produce, reading_messages
 
