@@ -12,12 +12,9 @@ import logging
 
 from streamer.errors import ConfigError
 from streamer.kafka.admin import TopicSpec, ensure_topics
-from streamer.service.settings import Settings
+from streamer.service.settings import Settings, source_name
 
 log = logging.getLogger(__name__)
-
-_VARIABLES = {"readings": "RNNWATCH_READINGS_TOPIC", "alerts": "RNNWATCH_ALERTS_TOPIC",
-              "dlq": "RNNWATCH_DLQ_TOPIC", "scores": "RNNWATCH_SCORES_TOPIC", "state": "RNNWATCH_STATE_TOPIC"}
 
 
 def prepare_topics(settings: Settings, existing: list[str], roles: tuple[str, ...]) -> None:
@@ -27,7 +24,7 @@ def prepare_topics(settings: Settings, existing: list[str], roles: tuple[str, ..
     if not missing:
         return
     if not settings.create_topics:
-        names = ", ".join(f"{topic} ({_VARIABLES[role]})" for role, topic in missing.items())
+        names = ", ".join(f"{topic} ({source_name(f'{role}_topic')})" for role, topic in missing.items())
         raise ConfigError(f"missing topics: {names}; create them, point the variables at existing topics, "
                           "or drop --no-create-topics")
     specs = [TopicSpec(topic, settings.topic_partitions) for topic in missing.values()]
