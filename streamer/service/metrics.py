@@ -112,7 +112,7 @@ class Metrics:
             "Restored device states discarded because their model version differs from the loaded one.")
         self.checkpoints = counter(
             "rnnwatch_checkpoints_total",
-            "Checkpoints completed (producer flush, offset commit, state flush).")
+            "Checkpoints completed (flush outputs, write device states, commit offsets).")
         self.checkpoint_duration = histogram(
             "rnnwatch_checkpoint_duration_seconds", "Wall time of one checkpoint.", LATENCY_BUCKETS)
         self.producer_recreated = counter(
