@@ -15,7 +15,7 @@ module that looks at environment variables, and it only reads the mapping it is 
 Each default is written once: in the `Settings` fields below (the Kafka connection's in
 `KafkaClientSettings`, the message limits' in `CodecLimits`). The `--help` texts, README.md's settings
 tables (`settings_table()`, kept equal by tests/test_settings.py) and the ConfigMap check in
-tests/test_deploy_manifests.py are derived from them and from `_OPTIONS`, which names each setting's
+tests/test_deploy_consistency.py are derived from them and from `_OPTIONS`, which names each setting's
 variable and flag:
 
     >>> print(settings_table().splitlines()[2])
