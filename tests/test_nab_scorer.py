@@ -268,11 +268,16 @@ def nab_dir() -> Path:
     return NAB_DIR
 
 
+@pytest.fixture(scope="module")
+def nab_corpus(nab_dir):
+    """(windows, profiles, corpus) of the NAB checkout, read once for every detector."""
+    return (load_windows(nab_dir / "labels" / "combined_windows.json"),
+            load_profiles(nab_dir / "config" / "profiles.json"), load_corpus(nab_dir))
+
+
 @pytest.mark.parametrize("detector", sorted(REFERENCE))
-def test_reproduces_published_nab_scores(nab_dir, detector):
-    windows = load_windows(nab_dir / "labels" / "combined_windows.json")
-    profiles = load_profiles(nab_dir / "config" / "profiles.json")
-    corpus = load_corpus(nab_dir)
+def test_reproduces_published_nab_scores(nab_dir, nab_corpus, detector):
+    windows, profiles, corpus = nab_corpus
     assert (len(corpus), sum(len(w) for w in windows.values())) == (58, 116)
     columns = {key: read_csv_columns(nab_dir / "results" / detector / key) for key in corpus}
     detections = {key: (ts, np.asarray(columns[key]["anomaly_score"], dtype=np.float64))
