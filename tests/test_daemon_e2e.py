@@ -119,10 +119,10 @@ def malformed(i: int) -> tuple[bytes | None, bytes, str]:
     return key, value, reason
 
 
-def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name,
-                                                             pipeline_factory):
-    settings = daemon_settings(kafka_bootstrap, unique_topic_name)
-    n_devices, n_steps, n_bad = 100, 100, 1_000
+def mixed_records(n_devices: int, n_steps: int, n_bad: int
+                  ) -> tuple[list[tuple[bytes | None, bytes]], set[tuple[str, float]], list[tuple[Any, ...]]]:
+    """Good readings of n_devices x n_steps, one malformed record after every 10th of them: (records,
+    the (device, ts) of every good one, the malformed (key, value, reason))."""
     good: list[tuple[bytes | None, bytes]] = []
     expected_scores = set()
     for step in range(n_steps):
@@ -133,17 +133,26 @@ def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, un
             expected_scores.add((dev, ts))
     bad = [malformed(i) for i in range(n_bad)]
     records: list[tuple[bytes | None, bytes]] = []
-    for i, record in enumerate(good):  # one malformed record after every 10th good one
+    for i, record in enumerate(good):
         records.append(record)
         if i % 10 == 9:
             key, value, _ = bad[i // 10]
             records.append((key, value))
+    return records, expected_scores, bad
+
+
+def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name,
+                                                             pipeline_factory):
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name)
+    n_devices, n_bad = 100, 1_000
+    records, expected_scores, bad = mixed_records(n_devices, 100, n_bad)
+    n_good = len(expected_scores)  # one per good reading
     expected_reasons = Counter(reason for _, _, reason in bad)
     reason_of_value = {value: reason for _, value, reason in bad}
 
     with running_daemon(settings, pipeline_factory(), ready_within_s=30) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, records)
-        total = len(good) + n_bad
+        total = n_good + n_bad
         wait_for(lambda: daemon.accounting.totals["consumed"] >= total, 60, "every record consumed")
         port = daemon.health.port
         wait_for(lambda: scrape(port).get("rnnwatch_readings_consumed_total") == total, 10, "the counter")
@@ -164,12 +173,12 @@ def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, un
     assert Counter(parse_headers(r.headers)["reason"] for r in dlq) == expected_reasons
 
     scores = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.scores_topic)]
-    assert len(scores) == len(good)
+    assert len(scores) == n_good
     assert {(s["device_id"], s["ts"]) for s in scores} == expected_scores
     assert all(0.0 <= s["anomaly_score"] <= 1.0 for s in scores)
 
-    assert metrics["rnnwatch_readings_consumed_total"] == len(good) + n_bad
-    assert metrics["rnnwatch_readings_scored_total"] == len(good)
+    assert metrics["rnnwatch_readings_consumed_total"] == n_good + n_bad
+    assert metrics["rnnwatch_readings_scored_total"] == n_good
     assert sum(v for k, v in metrics.items() if k.startswith("rnnwatch_readings_dropped_total")) == 0
     for reason, count in expected_reasons.items():
         assert metrics[f'rnnwatch_dead_letters_total{{reason="{reason}"}}'] == count
