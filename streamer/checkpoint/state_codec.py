@@ -8,10 +8,11 @@ Layout (little-endian), format 1:
     | payload | crc32 u32
 
 The payload is every `ROW_FIELDS` row of the device's channels, every cell block (`Block`) and every
-store column, packed in the order of a `StateSchema`, which is derived from the store itself (so a field another component adds
-is carried without this module knowing it). `schema` is the crc32 of the schema's text: a record
-written under another schema (a field added, a dtype changed, another state size) still yields its
-header (device, channels, offset, last timestamp) but not its payload (`StateRecord.payload_known`).
+store column, packed in the order of a `StateSchema`, which is derived from the store itself (so a
+field another component adds is carried without this module knowing it). `schema` is the crc32 of
+the schema's text: a record written under another schema (a field added, a dtype changed, another
+state size) still yields its header (device, channels, offset, last timestamp) but not its payload
+(`StateRecord.payload_known`).
 
 `log_id` names the incarnation of the readings topic that `source_offset` counts in (its Kafka topic
 id): offsets of a deleted and recreated topic, or of a broker that lost its log, mean nothing, and
@@ -88,7 +89,8 @@ class StateSchema:
 
     @property
     def text(self) -> str:
-        parts = [f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols)) for n, d, w in part]
+        parts = [f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols))
+                 for n, d, w in part]
         parts += [f"b:{b.name}:{_le(_np_dtype(b.dtype))}:{b.tag}" for b in self.blocks]
         return ";".join(parts)
 
@@ -321,4 +323,5 @@ def _unpack(store: StateStore, schema: StateSchema, slots: np.ndarray, packed: n
     for block in schema.blocks:
         cells = torch.from_numpy(store.cells_of(slots, block.name)).to(store.device)
         values = np.ascontiguousarray(packed[f"b:{block.name}"]).reshape(-1)
-        store.blocks[block.name][cells] = torch.from_numpy(values).to(store.device, store.blocks[block.name].dtype)
+        target = store.blocks[block.name]
+        target[cells] = torch.from_numpy(values).to(store.device, target.dtype)
