@@ -2,8 +2,8 @@
 
     assigned (consumer IO thread)   pause the partitions, queue them for restore
     restore_pending (main loop)     read their changelog, install the states, resume them
-    admit_and_score / applied       admit new devices within the budget, score, track what changed
-      (main loop)
+    admit_and_score (main loop)     admit new devices within the budget (evicting others), score
+    applied (main loop)             track what the acknowledged batch changed and where it ends
     maybe_checkpoint (main loop)    every interval: TTL eviction, then flush → write state → commit
     revoked (consumer IO thread)    checkpoint those partitions, then drop their devices
     shutdown (main loop)            a last checkpoint of everything owned
