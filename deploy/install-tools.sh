@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the command-line tools that tests/test_deploy.py runs, when they are missing:
+# Installs the command-line tools that the tests/test_deploy_*.py files run, when they are missing:
 #   promtool, prometheus  (Debian package `prometheus`)
 # Needs root and apt-get; otherwise it says what to install and leaves it to you (the tests that need
 # a missing tool then skip, or fail when CI=true). The package's own service is not needed: the tests

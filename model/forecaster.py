@@ -13,7 +13,7 @@ S = H for a GRU and 2H for an LSTM (the cell state c is stored beside h: state =
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass
 from typing import Literal, Protocol
 
 import torch
@@ -29,7 +29,13 @@ class ForecasterConfig:
     cell: CellType = "gru"
     hidden_size: int = 24
     input_features: int = 2  # [normalised value, gap flag]
-    channel_independent: bool = True
+    # Every forecaster is channel-independent (the module doc says why); artifacts saved before this
+    # stopped being a field carry `"channel_independent": true` in config.json, so it is accepted and
+    # dropped (an init-only parameter: not stored, not saved).
+    channel_independent: InitVar[bool] = True
+
+    def __post_init__(self, channel_independent: bool) -> None:
+        del channel_independent
 
     @property
     def state_size(self) -> int:
@@ -82,20 +88,13 @@ class RecurrentForecaster(nn.Module):
         Calls the fused cell kernels with the layer's own weights, so stepping row by row and the
         sequence form above agree to float rounding.
         """
-        rnn = self.rnn
+        w_ih, w_hh, b_ih, b_hh = self.rnn.all_weights[0]  # the one layer's weight_ih_l0 .. bias_hh_l0
         hidden = self.config.hidden_size
         if self.config.cell == "gru":
-            h_new = torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            h_new = torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
             out = h_new  # (R, H)
         else:
-            h_t, c_t = torch.lstm_cell(
-                x,
-                (h[:, :hidden], h[:, hidden:]),
-                rnn.weight_ih_l0,
-                rnn.weight_hh_l0,
-                rnn.bias_ih_l0,
-                rnn.bias_hh_l0,
-            )
+            h_t, c_t = torch.lstm_cell(x, (h[:, :hidden], h[:, hidden:]), w_ih, w_hh, b_ih, b_hh)
             out = h_t
             h_new = torch.cat([h_t, c_t], dim=1)  # (R, 2H)
         return torch.addmm(self.head.bias, out, self.head.weight.t()).squeeze(-1), h_new

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from model import artifact
-from model.forecaster import ForecasterConfig, RecurrentForecaster
+from model.forecaster import CellType, ForecasterConfig, RecurrentForecaster
 from model.normaliser import Z_CLIP, NormaliserConfig, model_input, normalise_and_update
 from model.synthetic import make_corpus
 
@@ -26,7 +26,7 @@ WARMUP = 16  # steps whose loss is ignored while the normaliser settles
 
 @dataclass(frozen=True)
 class TrainConfig:
-    cell: str = "gru"
+    cell: CellType = "gru"
     hidden_size: int = 24
     series: int = 2048
     length: int = 768
@@ -88,7 +88,7 @@ def train(
     x, y = normalised_features(series, norm)
     n_val = max(1, len(x) // 10)
     x_tr, y_tr, x_va, y_va = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
-    arch = ForecasterConfig(cell=config.cell, hidden_size=config.hidden_size)  # type: ignore[arg-type]
+    arch = ForecasterConfig(cell=config.cell, hidden_size=config.hidden_size)
     model = RecurrentForecaster(arch)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)

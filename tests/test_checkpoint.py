@@ -16,7 +16,7 @@ import torch
 from kafka import TopicPartition
 
 from streamer.checkpoint.changelog import ChangelogReader, ChangelogWriter, CheckpointError
-from streamer.checkpoint.checkpointer import Checkpointer
+from streamer.checkpoint.checkpointer import DIRTY, Checkpointer
 from streamer.checkpoint.manager import StateManager
 from streamer.checkpoint.restore import Restorer
 from streamer.checkpoint.state_codec import encode_states
@@ -331,7 +331,7 @@ def test_a_state_from_another_model_version_re_enters_warm_up(reference):
         assert float(store.rows["hidden"][rows_t].abs().sum()) == 0.0
         assert torch.equal(store.rows["norm_mean"][rows_t], norm_before[device])  # the sensor's scale stays
         assert store.cols["source_offset"][slot] == old.cols["source_offset"][old.slot(device)]
-        assert store.cols["ckpt_dirty"][slot], "the reset state is written at the next checkpoint"
+        assert store.cols[DIRTY][slot], "the reset state is written at the next checkpoint"
     second.run(replay_from(rows, committed), 50)
     warm = [values[0] for key, values in sorted(second.scores.items(), key=lambda kv: kv[0][1])]
     assert warm[:10] == [0.0] * 10, "warm-up: the first scores after the reset are 0"
@@ -347,7 +347,7 @@ def manager(log: FakeLog, committed: dict[int, int], **kwargs: Any) -> StateMana
 
 def feed(state: StateManager, rows: list[Reading]) -> np.ndarray:
     batch = as_batch(rows)
-    scored = state.score(batch)
+    scored = state.admit_and_score(batch)
     offsets = {}
     for r in rows:
         offsets[r[3]] = r[4] + 1

@@ -19,6 +19,8 @@ from streamer.errors import ConfigError
 from streamer.ingest.codec import ReadingDecoder
 from streamer.ingest.dead_letter import RawRecord
 from streamer.kafka.broker import free_port
+from streamer.scoring.factory import build_pipeline
+from streamer.scoring.pipeline import ScoringPipeline
 from streamer.scoring.readings import AlertEvent, ScoredBatch
 from streamer.service.accounting import BatchAccounting, observe_many
 from streamer.service.daemon import Daemon
@@ -85,13 +87,18 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def test_unreachable_broker_retries_stays_alive_not_ready_and_stops_cleanly(caplog):
+@pytest.fixture(scope="module")
+def pipeline() -> ScoringPipeline:
+    return build_pipeline(None, "cpu")
+
+
+def test_unreachable_broker_retries_stays_alive_not_ready_and_stops_cleanly(caplog, pipeline):
     dead = f"127.0.0.1:{free_port()}"
     settings = replace(Settings.from_sources(None, {"KAFKA_BOOTSTRAP_SERVERS": dead}), metrics_port=0,
                        metrics_host="127.0.0.1")
-    daemon = Daemon(settings, pipeline=object())
+    daemon = Daemon(settings, pipeline)
     result: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="streamer.service.startup"):
+    with caplog.at_level(logging.WARNING, logger="streamer.kafka.admin"):
         thread = threading.Thread(target=lambda: result.append(daemon.run()))
         thread.start()
         deadline = time.monotonic() + 10
@@ -110,14 +117,14 @@ def test_unreachable_broker_retries_stays_alive_not_ready_and_stops_cleanly(capl
     assert "KAFKA_BOOTSTRAP_SERVERS" in caplog.text and dead in caplog.text
 
 
-def test_startup_gives_up_after_the_configured_attempts():
+def test_startup_gives_up_after_the_configured_attempts(pipeline):
     from streamer.errors import BrokerError
 
     dead = f"127.0.0.1:{free_port()}"
     settings = replace(Settings.from_sources(None, {"KAFKA_BOOTSTRAP_SERVERS": dead}), metrics_port=0,
                        metrics_host="127.0.0.1", startup_attempts=2)
     with pytest.raises(BrokerError, match=r"unreachable after 2 tries; check KAFKA_BOOTSTRAP_SERVERS"):
-        Daemon(settings, pipeline=object()).run()
+        Daemon(settings, pipeline).run()
 
 
 def test_json_logs_carry_extra_fields_and_exceptions():

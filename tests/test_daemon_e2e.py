@@ -1,8 +1,8 @@
 """The daemon on a real broker: dead letters, every good reading scored, metrics that agree, alert
 quality on a simulated fleet, SIGTERM, missing topics, and a producer that survives a broker restart.
 
-The daemon runs in a background thread (or, for the signal test, as `rnnwatch serve` in a subprocess)
-with its own topics and group, so tests do not see each other's records.
+The daemon runs in a background thread (`harness.running_daemon`; for the signal test, as `rnnwatch
+serve` in a subprocess) with its own topics and group, so tests do not see each other's records.
 """
 
 from __future__ import annotations
@@ -11,23 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from scrape import scrape
+from harness import ready, running_daemon, scrape, wait_for
 
 from streamer.ingest.dead_letter import parse_headers
 from streamer.kafka.broker import free_port
-from streamer.service.daemon import Daemon
 from streamer.service.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -55,37 +51,6 @@ def daemon_settings(bootstrap: str, name: Callable[[str], str], **overrides: Any
     base = Settings.from_sources(None, env)
     return replace(base, metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=2,
                    consumer_lag_interval_s=1.0, **overrides)
-
-
-@contextmanager
-def running(settings: Settings, pipeline: Any) -> Iterator[Daemon]:
-    daemon = Daemon(settings, pipeline)
-    errors: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            daemon.run()
-        except BaseException as exc:  # surfaced by the test below, not swallowed
-            errors.append(exc)
-
-    thread = threading.Thread(target=main, name="daemon", daemon=True)
-    thread.start()
-    wait_for(lambda: daemon.readiness()[0] or bool(errors), 30, "daemon ready")
-    assert not errors, errors
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "daemon did not stop within 30 s"
-        assert not errors, errors
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.1)
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -154,10 +119,10 @@ def malformed(i: int) -> tuple[bytes | None, bytes, str]:
     return key, value, reason
 
 
-def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name,
-                                                             pipeline_factory):
-    settings = daemon_settings(kafka_bootstrap, unique_topic_name)
-    n_devices, n_steps, n_bad = 100, 100, 1_000
+def mixed_records(n_devices: int, n_steps: int, n_bad: int
+                  ) -> tuple[list[tuple[bytes | None, bytes]], set[tuple[str, float]], list[tuple[Any, ...]]]:
+    """Good readings of n_devices x n_steps, one malformed record after every 10th of them: (records,
+    the (device, ts) of every good one, the malformed (key, value, reason))."""
     good: list[tuple[bytes | None, bytes]] = []
     expected_scores = set()
     for step in range(n_steps):
@@ -168,17 +133,26 @@ def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, un
             expected_scores.add((dev, ts))
     bad = [malformed(i) for i in range(n_bad)]
     records: list[tuple[bytes | None, bytes]] = []
-    for i, record in enumerate(good):  # one malformed record after every 10th good one
+    for i, record in enumerate(good):
         records.append(record)
         if i % 10 == 9:
             key, value, _ = bad[i // 10]
             records.append((key, value))
+    return records, expected_scores, bad
+
+
+def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name,
+                                                             pipeline_factory):
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name)
+    n_devices, n_bad = 100, 1_000
+    records, expected_scores, bad = mixed_records(n_devices, 100, n_bad)
+    n_good = len(expected_scores)  # one per good reading
     expected_reasons = Counter(reason for _, _, reason in bad)
     reason_of_value = {value: reason for _, value, reason in bad}
 
-    with running(settings, pipeline_factory()) as daemon:
+    with running_daemon(settings, pipeline_factory(), ready_within_s=30) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, records)
-        total = len(good) + n_bad
+        total = n_good + n_bad
         wait_for(lambda: daemon.accounting.totals["consumed"] >= total, 60, "every record consumed")
         port = daemon.health.port
         wait_for(lambda: scrape(port).get("rnnwatch_readings_consumed_total") == total, 10, "the counter")
@@ -199,12 +173,12 @@ def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, un
     assert Counter(parse_headers(r.headers)["reason"] for r in dlq) == expected_reasons
 
     scores = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.scores_topic)]
-    assert len(scores) == len(good)
+    assert len(scores) == n_good
     assert {(s["device_id"], s["ts"]) for s in scores} == expected_scores
     assert all(0.0 <= s["anomaly_score"] <= 1.0 for s in scores)
 
-    assert metrics["rnnwatch_readings_consumed_total"] == len(good) + n_bad
-    assert metrics["rnnwatch_readings_scored_total"] == len(good)
+    assert metrics["rnnwatch_readings_consumed_total"] == n_good + n_bad
+    assert metrics["rnnwatch_readings_scored_total"] == n_good
     assert sum(v for k, v in metrics.items() if k.startswith("rnnwatch_readings_dropped_total")) == 0
     for reason, count in expected_reasons.items():
         assert metrics[f'rnnwatch_dead_letters_total{{reason="{reason}"}}'] == count
@@ -305,7 +279,7 @@ def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique
     fleet = generate_fleet(n_devices=60, n_steps=1440, seed=11)
     messages = [(key, value) for key, value, _ in reading_messages(fleet)]
     settings = daemon_settings(kafka_bootstrap, unique_topic_name, scores_topic=None)
-    with running(settings, pipeline_factory()) as daemon:
+    with running_daemon(settings, pipeline_factory(), ready_within_s=30) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, messages)
         wait_for(lambda: daemon.accounting.totals["consumed"] >= len(messages), 120, "the fleet consumed")
     alerts = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
@@ -338,14 +312,11 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_bootstrap, uniq
     proc, env = serve(kafka_bootstrap, unique_topic_name)
     port = int(env["RNNWATCH_METRICS_PORT"])
     try:
-        def ready() -> bool:
+        def serving() -> bool:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
-            except OSError:
-                return False
+            return ready(port)
 
-        wait_for(ready, 60, "rnnwatch serve ready")
+        wait_for(serving, 60, "rnnwatch serve ready")
         records = [
             (f"d{i % 7}".encode(), orjson.dumps({"device_id": f"d{i % 7}", "ts": 1e9 + i, "values": [i % 5]}))
             for i in range(3_000)

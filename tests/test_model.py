@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from model import artifact
-from model.forecaster import ForecasterConfig, RecurrentForecaster
+from model.forecaster import CellType, ForecasterConfig, RecurrentForecaster
 from model.normaliser import NormaliserConfig, normalise_and_update
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_step_equals_sequence_form(cell: str) -> None:
+def test_step_equals_sequence_form(cell: CellType) -> None:
     torch.manual_seed(0)
-    model = RecurrentForecaster(ForecasterConfig(cell=cell, hidden_size=8)).eval()  # type: ignore[arg-type]
+    model = RecurrentForecaster(ForecasterConfig(cell=cell, hidden_size=8)).eval()
     x = torch.randn(5, 20, 2)  # (R, T, F)
     with torch.no_grad():
         seq_pred, seq_h = model(x)
@@ -48,6 +48,9 @@ def test_shipped_model_loads_and_describes_itself() -> None:
     assert config["training"]["source"].startswith("synthetic")
     assert "independent" in config["channel_handling"]
     assert config["metrics"]["val_huber"] > 0
+    # written when channel_independent was a field: still accepted, no longer carried or saved
+    assert config["architecture"]["channel_independent"] is True
+    assert "channel_independent" not in art.model.config.to_dict()
 
 
 def test_artifact_round_trip_and_tamper_detection(tmp_path: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from model.evaluation.nab_scorer import (
     score_corpus,
     score_files,
 )
+from streamer.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAB_DIR = Path(os.environ.get("NAB_DIR", REPO_ROOT.parent / "shared" / "datasets" / "nab"))
@@ -237,6 +241,18 @@ def test_plots_write_valid_pngs(tmp_path):
     assert summary_png == tmp_path / "summary.png" and is_png(summary_png)
 
 
+def test_without_matplotlib_the_plots_name_the_extra_to_install(tmp_path, monkeypatch):
+    from streamer.tools.evaluate import run_nab
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if the `plots` extra were missing
+    detections, windows = corpus_of(50, [(20, 29)], {25: 0.9})
+    with pytest.raises(ImportError, match=re.escape("pip install 'rnnwatch[plots]'")):
+        nab_plots.plot_summary(tmp_path / "summary.png", score_corpus(detections, windows, PROFILES))
+    args = argparse.Namespace(nab_dir=tmp_path, output_dir=tmp_path / "out", no_plots=False)
+    with pytest.raises(ConfigError, match=r"rnnwatch\[plots\].*--no-plots"):  # before any replay
+        run_nab(args)
+
+
 # --- NAB's published detector outputs ---------------------------------------------------------------
 
 REFERENCE = {  # standard / reward_low_FP_rate / reward_low_FN_rate, from NAB's scoreboard
@@ -252,11 +268,16 @@ def nab_dir() -> Path:
     return NAB_DIR
 
 
+@pytest.fixture(scope="module")
+def nab_corpus(nab_dir):
+    """(windows, profiles, corpus) of the NAB checkout, read once for every detector."""
+    return (load_windows(nab_dir / "labels" / "combined_windows.json"),
+            load_profiles(nab_dir / "config" / "profiles.json"), load_corpus(nab_dir))
+
+
 @pytest.mark.parametrize("detector", sorted(REFERENCE))
-def test_reproduces_published_nab_scores(nab_dir, detector):
-    windows = load_windows(nab_dir / "labels" / "combined_windows.json")
-    profiles = load_profiles(nab_dir / "config" / "profiles.json")
-    corpus = load_corpus(nab_dir)
+def test_reproduces_published_nab_scores(nab_dir, nab_corpus, detector):
+    windows, profiles, corpus = nab_corpus
     assert (len(corpus), sum(len(w) for w in windows.values())) == (58, 116)
     columns = {key: read_csv_columns(nab_dir / "results" / detector / key) for key in corpus}
     detections = {key: (ts, np.asarray(columns[key]["anomaly_score"], dtype=np.float64))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.service.settings import Settings
+from streamer.service.settings import Settings, settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -80,3 +84,23 @@ def test_settings_are_frozen_and_list_their_topics():
     assert s.topics == {"readings": "sensor.readings", "alerts": "sensor.alerts",
                         "dlq": "sensor.readings.dlq", "state": "rnnwatch.state", "scores": "scores"}
     assert s.codec_limits.max_message_bytes == 1_048_576
+
+
+def test_readme_settings_tables_are_the_rendered_declaration():
+    between = re.search(r"<!-- settings-table: begin[^>]*-->\n(.*?)\n<!-- settings-table: end -->",
+                        README.read_text(), re.S)
+    assert between, "README.md lost its settings-table markers"
+    assert between[1] == settings_table(), (
+        "README.md's settings tables differ from streamer/service/settings.py; paste the output of "
+        "python -c 'from streamer.service.settings import settings_table; print(settings_table())'")
+
+
+def test_help_shows_each_default_and_variable_once_declared():
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    helps = {action.option_strings[0]: action.help for action in parser._actions}
+    assert helps["--topic-partitions"] == "partitions of the topics the daemon creates (default: 4)"
+    assert helps["--checkpoint-interval-s"].endswith("(default: 30; RNNWATCH_CHECKPOINT_INTERVAL_S)")
+    assert helps["--torch-threads"].endswith("(default: 1; RNNWATCH_TORCH_THREADS)")
+    assert helps["--max-message-bytes"].endswith(f"(default: {Settings().max_message_bytes})")  # CodecLimits'
+    assert helps["--model"].endswith("(default: the shipped model; RNNWATCH_MODEL)")

@@ -10,7 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.checkpoint.state_codec import StateSchema, decode_state, encode_states, install_states
+from streamer.checkpoint.state_codec import (
+    StateSchema,
+    bookkeeping,
+    decode_state,
+    encode_states,
+    install_states,
+)
 from streamer.errors import StateError
 from streamer.scoring.state_store import ROW_FIELDS, Column, StateStore
 
@@ -19,7 +25,7 @@ EXTRA = (  # one of each kind of column a component may declare
     Column("level", np.int8, fill=-1),
     Column("bits", np.uint32),
     Column("pair", np.float64, width=2, fill=np.nan),
-    Column("ckpt_dirty", np.bool_),  # bookkeeping: never serialised
+    Column(bookkeeping("dirty"), np.bool_),  # bookkeeping: never serialised
 )
 
 device_spec = st.tuples(
@@ -90,7 +96,7 @@ def test_any_state_round_trips_exactly(devices: list, seed: int, version: str) -
 def test_bookkeeping_and_slot_local_columns_are_not_serialised() -> None:
     schema = StateSchema.of(_store())
     names = [name for name, _, _ in schema.cols]
-    assert "ckpt_dirty" not in names and "row_start" not in names
+    assert bookkeeping("dirty") not in names and "row_start" not in names
     assert {"flag", "level", "bits", "pair", "steps", "last_seen"} <= set(names)
     assert [name for name, _, _ in schema.rows] == list(ROW_FIELDS)  # whatever fields the store has
 

@@ -3,18 +3,35 @@
 Every function takes plain arrays / results, writes one PNG and returns its path. Figures are drawn
 on matplotlib's Agg canvas directly (no pyplot), so importing this module leaves the process's
 backend and global figure state alone and it is safe off the main thread.
+
+matplotlib is the optional extra `plots` (the daemon's image leaves it out): this module imports
+without it, and drawing then raises an ImportError that names the extra to install.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from model.evaluation.nab_scorer import ProfileResult, probation_length
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+INSTALL_HINT = "pip install 'rnnwatch[plots]'"
+
+
+def figure_class() -> type[Figure]:
+    """matplotlib's `Figure`; an ImportError that says what to install when the extra is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(f"the NAB plots need matplotlib, which is not installed: {INSTALL_HINT} "
+                          f"(`make install` has it)") from exc
+    return Figure
 
 
 def plot_file(path: Path, timestamps: np.ndarray, values: np.ndarray, scores: np.ndarray,
@@ -34,7 +51,7 @@ def plot_file(path: Path, timestamps: np.ndarray, values: np.ndarray, scores: np
     probation = probation_length(len(ts))
     detected = np.flatnonzero(scores >= threshold)
     detected = detected[detected >= probation]
-    fig = Figure(figsize=(14, 6))
+    fig = figure_class()(figsize=(14, 6))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     top.plot(ts, values, lw=0.6, color="tab:blue", label="value")
     top.scatter(ts[detected], values[detected], s=14, color="tab:red", zorder=3,
@@ -62,7 +79,7 @@ def plot_summary(path: Path, results: Mapping[str, ProfileResult], profile: str 
     at ``profile``'s threshold (right; falls back to the first profile when it is absent)."""
     if not results:
         raise ValueError("no profile results to plot; pass score_corpus()'s answer")
-    fig = Figure(figsize=(14, 5))
+    fig = figure_class()(figsize=(14, 5))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
     names = list(results)
     bars = left.bar(names, [results[n].normalised_score for n in names], color="tab:blue")
@@ -89,6 +106,8 @@ def plot_summary(path: Path, results: Mapping[str, ProfileResult], profile: str 
 
 def save_png(fig: Figure, path: Path) -> Path:
     """Lay out ``fig`` and write it to ``path`` as a 100-dpi PNG (parent folders made); returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas

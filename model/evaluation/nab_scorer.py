@@ -164,7 +164,12 @@ def _file_rows(key: str, ts: np.ndarray, limits: Limits) -> tuple[int, np.ndarra
 
 
 def _prepare(detections: Detections, windows: Mapping[str, Limits]) -> _Rows:
-    files, scores, wins, units, file_ids, win_files = [], [], [], [], [], []
+    files: list[str] = []
+    scores: list[np.ndarray] = []
+    wins: list[np.ndarray] = []
+    units: list[np.ndarray] = []
+    file_ids: list[np.ndarray] = []
+    win_files: list[int] = []
     for f, key in enumerate(sorted(detections)):
         if key not in windows:
             raise ValueError(f"{key} has no entry in the windows; score only NAB data files")

@@ -21,29 +21,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer.checkpoint.changelog import ChangelogWriter
-from streamer.checkpoint.state_codec import NO_LOG_ID, encode_states
+from streamer.checkpoint.state_codec import NO_LOG_ID, bookkeeping, encode_states
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.state_store import Column, StateStore
 
+if TYPE_CHECKING:
+    from streamer.contracts import CheckpointMetrics
+
 log = logging.getLogger(__name__)
 
-COLUMNS: tuple[Column, ...] = (
-    Column("ckpt_partition", np.int32, fill=-1),  # readings partition of the device
-    Column("ckpt_dirty", np.bool_),  # state changed since it was last written
-    Column("ckpt_written", np.bool_),  # the changelog holds a state of this device
-)
+PARTITION = bookkeeping("partition")  # readings partition of the device
+DIRTY = bookkeeping("dirty")  # state changed since it was last written
+WRITTEN = bookkeeping("written")  # the changelog holds a state of this device
+COLUMNS: tuple[Column, ...] = (Column(PARTITION, np.int32, fill=-1), Column(DIRTY, np.bool_),
+                               Column(WRITTEN, np.bool_))
 
 
 class Checkpointer:
     """Dirty tracking per partition and the flush → write → commit sequence.
 
     commit({partition: next offset}) commits readings offsets (the daemon's consumer); flush_outputs()
-    blocks until the published output is acknowledged. `metrics` is a `streamer.service.metrics.Metrics`
-    or None.
+    blocks until the published output is acknowledged.
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class Checkpointer:
         interval_s: float,
         commit: Callable[[Mapping[int, int]], None],
         flush_outputs: Callable[[], None] = lambda: None,
-        metrics: object | None = None,
+        metrics: CheckpointMetrics | None = None,
         write_timeout_s: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -80,15 +83,15 @@ class Checkpointer:
         slots = self.store.lookup(batch.device_ids)
         held = slots >= 0
         cols = self.store.cols
-        cols["ckpt_partition"][slots[held]] = batch.partitions[held]
-        cols["ckpt_dirty"][slots[held & (scored.status == DropReason.SCORED)]] = True
+        cols[PARTITION][slots[held]] = batch.partitions[held]
+        cols[DIRTY][slots[held & (scored.status == DropReason.SCORED)]] = True
         self._positions.update(offsets)
 
     def forget(self, slots: np.ndarray) -> None:
         """Devices about to be evicted: those the changelog holds get a tombstone at the next checkpoint."""
         cols = self.store.cols
-        written = slots[cols["ckpt_written"][slots]]
-        for slot, partition in zip(written.tolist(), cols["ckpt_partition"][written].tolist(), strict=True):
+        written = slots[cols[WRITTEN][slots]]
+        for slot, partition in zip(written.tolist(), cols[PARTITION][written].tolist(), strict=True):
             device = self.store.device_id(slot)
             if device is not None:
                 self._tombstones.setdefault(partition, set()).add(device)
@@ -96,15 +99,15 @@ class Checkpointer:
     def adopt(self, slots: np.ndarray, partition: int, stale: np.ndarray) -> None:
         """Devices just restored from `partition`: written already, dirty where restore reset them."""
         cols = self.store.cols
-        cols["ckpt_partition"][slots] = partition
-        cols["ckpt_written"][slots] = True
-        cols["ckpt_dirty"][slots] = stale
+        cols[PARTITION][slots] = partition
+        cols[WRITTEN][slots] = True
+        cols[DIRTY][slots] = stale
 
     def due(self) -> bool:
         return self._clock() >= self._next_at
 
     def dirty_count(self) -> int:
-        return int(np.count_nonzero(self.store.live & self.store.cols["ckpt_dirty"]))
+        return int(np.count_nonzero(self.store.live & self.store.cols[DIRTY]))
 
     # ---- checkpoint -----------------------------------------------------------------------------------
     def checkpoint(self, partitions: Iterable[int], *, commit: bool = True) -> int:
@@ -117,17 +120,17 @@ class Checkpointer:
         started = time.perf_counter()
         self._flush_outputs()
         store, cols = self.store, self.store.cols
-        mine = np.isin(cols["ckpt_partition"], parts)
-        slots = np.flatnonzero(store.live & cols["ckpt_dirty"] & mine)
+        mine = np.isin(cols[PARTITION], parts)
+        slots = np.flatnonzero(store.live & cols[DIRTY] & mine)
         tombstones = [(p, device, None) for p in parts for device in self._tombstones.get(p, ())
                       if not self._rewritten(device)]
         self.writer.write(tombstones, self.write_timeout_s)  # before states: a resend cannot reorder them
         values = encode_states(store, slots, self.model_version, log_id=self.log_id)
         ids = [store.device_id(s) or "" for s in slots.tolist()]
-        self.writer.write(zip(cols["ckpt_partition"][slots].tolist(), ids, values, strict=True),
+        self.writer.write(zip(cols[PARTITION][slots].tolist(), ids, values, strict=True),
                           self.write_timeout_s)
-        cols["ckpt_dirty"][slots] = False
-        cols["ckpt_written"][slots] = True
+        cols[DIRTY][slots] = False
+        cols[WRITTEN][slots] = True
         for p in parts:
             self._tombstones.pop(p, None)
         offsets = {p: self._positions.pop(p) for p in parts if p in self._positions}
@@ -144,7 +147,7 @@ class Checkpointer:
     def _rewritten(self, device: str) -> bool:
         """An evicted device that came back and changed: its new state supersedes the old one."""
         slot = self.store.slot(device)
-        return slot is not None and bool(self.store.cols["ckpt_dirty"][slot])
+        return slot is not None and bool(self.store.cols[DIRTY][slot])
 
     def schedule(self) -> None:
         """Start the next interval now (after a checkpoint, successful or not)."""
@@ -153,7 +156,7 @@ class Checkpointer:
     def release(self, partitions: Iterable[int]) -> int:
         """Forget the partitions' devices (after their checkpoint): another member owns them now."""
         parts = sorted(set(partitions))
-        mine = np.flatnonzero(self.store.live & np.isin(self.store.cols["ckpt_partition"], parts))
+        mine = np.flatnonzero(self.store.live & np.isin(self.store.cols[PARTITION], parts))
         self.store.evict_slots(mine)
         for p in parts:
             self._positions.pop(p, None)
@@ -163,5 +166,5 @@ class Checkpointer:
     def _observe(self, seconds: float) -> None:
         m = self._metrics
         if m is not None:
-            m.checkpoints.inc()  # type: ignore[attr-defined]
-            m.checkpoint_duration.observe(seconds)  # type: ignore[attr-defined]
+            m.checkpoints.inc()
+            m.checkpoint_duration.observe(seconds)

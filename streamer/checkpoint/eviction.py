@@ -23,12 +23,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer.scoring.readings import ReadingBatch
 from streamer.scoring.state_store import StateStore
+
+if TYPE_CHECKING:
+    from streamer.contracts import EvictionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,8 @@ class DeviceEvictor:
     """
 
     def __init__(self, store: StateStore, *, max_devices: int, ttl_s: float, probation: int = 3,
-                 forget: Callable[[np.ndarray], None] = lambda slots: None, metrics: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 forget: Callable[[np.ndarray], None] = lambda slots: None,
+                 metrics: EvictionMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
         if max_devices < 1:
             raise ValueError(f"max_devices must be >= 1, got {max_devices}")
         self.store = store

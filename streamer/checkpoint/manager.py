@@ -2,7 +2,8 @@
 
     assigned (consumer IO thread)   pause the partitions, queue them for restore
     restore_pending (main loop)     read their changelog, install the states, resume them
-    score / applied (main loop)     admit new devices within the budget, score, track what changed
+    admit_and_score (main loop)     admit new devices within the budget (evicting others), score
+    applied (main loop)             track what the acknowledged batch changed and where it ends
     maybe_checkpoint (main loop)    every interval: TTL eviction, then flush → write state → commit
     revoked (consumer IO thread)    checkpoint those partitions, then drop their devices
     shutdown (main loop)            a last checkpoint of everything owned
@@ -25,10 +26,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamer.backoff import Backoff
 from streamer.checkpoint.changelog import (
     ChangelogReader,
     ChangelogWriter,
@@ -36,23 +38,27 @@ from streamer.checkpoint.changelog import (
     restore_consumer_factory,
     topic_log_id,
 )
-from streamer.checkpoint.checkpointer import Checkpointer
+from streamer.checkpoint.checkpointer import DIRTY, PARTITION, Checkpointer
 from streamer.checkpoint.eviction import DeviceEvictor
 from streamer.checkpoint.restore import Restorer
 from streamer.checkpoint.state_codec import NO_LOG_ID
 from streamer.errors import BrokerError, StateError
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 
+if TYPE_CHECKING:
+    from streamer.contracts import Scorer, StateMetrics
+    from streamer.service.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
 class StateManager:
-    """Durable state of one daemon. `pipeline` has `.store`, `.model_version` and `score(batch)`."""
+    """Durable state of one daemon: the devices of `pipeline.store`, checkpointed through `writer`."""
 
-    def __init__(self, pipeline: Any, writer: ChangelogWriter, reader: ChangelogReader, *,
+    def __init__(self, pipeline: Scorer, writer: ChangelogWriter, reader: ChangelogReader, *,
                  interval_s: float, max_devices: int, ttl_s: float,
                  commit: Callable[[Mapping[int, int]], None],
-                 flush_outputs: Callable[[], None] = lambda: None, metrics: Any = None,
+                 flush_outputs: Callable[[], None] = lambda: None, metrics: StateMetrics | None = None,
                  identify_log: Callable[[], bytes] = lambda: NO_LOG_ID,
                  beat: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -74,12 +80,13 @@ class StateManager:
         self._problem: str | None = None
         self._abandoned = False
         self._retry_at = 0.0
-        self._backoff_s = 1.0
+        self._backoff = Backoff()
 
     @classmethod
-    def from_settings(cls, settings: Any, pipeline: Any, producer_factory: Callable[[], Any], *,
+    def from_settings(cls, settings: Settings, pipeline: Scorer, producer_factory: Callable[[], Any], *,
                       commit: Callable[[Mapping[int, int]], None], flush_outputs: Callable[[], None],
-                      metrics: Any = None, beat: Callable[[], None] = lambda: None) -> StateManager:
+                      metrics: StateMetrics | None = None,
+                      beat: Callable[[], None] = lambda: None) -> StateManager:
         """The daemon's manager: `settings` is its `Settings` (state topic, interval, budget, TTL).
 
         `beat` is called while a long restore or checkpoint runs, so the loop still counts as alive.
@@ -149,8 +156,9 @@ class StateManager:
         self._resume(pending & self.owned)
         self._gauges()
 
-    def score(self, batch: ReadingBatch) -> ScoredBatch:
-        """Score the batch within the device budget: in parts when it brings more new devices than fit."""
+    def admit_and_score(self, batch: ReadingBatch) -> ScoredBatch:
+        """Admit the batch's new devices within the budget (evicting others), then score it; in parts
+        when it brings more new devices than fit (see `DeviceEvictor.admit`)."""
         self._check_rewind(batch)
         end, admitted = self.evictor.admit(batch)
         if end == len(batch) and admitted is None:
@@ -217,9 +225,9 @@ class StateManager:
             first = int(batch.offsets[batch.partitions == p].min())
             if expected is None or first >= expected:
                 continue
-            mine = self.store.live & (self.store.cols["ckpt_partition"] == p)
+            mine = self.store.live & (self.store.cols[PARTITION] == p)
             self.store.cols["source_offset"][mine] = -1
-            self.store.cols["ckpt_dirty"][mine] = True
+            self.store.cols[DIRTY][mine] = True
             self._next_offset.pop(p)
             log.warning("partition %d went back from offset %d to %d without a rebalance: the broker lost "
                         "its log or the topic was recreated; its %d devices keep their state but forget "
@@ -227,16 +235,15 @@ class StateManager:
 
     def _fail(self, problem: str) -> None:
         if self._problem != problem:
-            log.error("%s; retrying in %.0f s", problem, self._backoff_s)
+            log.error("%s; retrying in %.0f s", problem, self._backoff.delay_s)
         self._problem = problem
-        self._retry_at = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, 30.0)
+        self._retry_at = time.monotonic() + self._backoff.next()
 
     def _ok(self) -> None:
         if self._problem is not None:
             log.info("device state is healthy again (was: %s)", self._problem)
         self._problem = None
-        self._backoff_s = 1.0
+        self._backoff.reset()
         self._retry_at = 0.0
 
     def _gauges(self) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,9 +39,13 @@ from streamer.checkpoint.state_codec import (
     StateSchema,
     decode_state,
     install_states,
+    is_bookkeeping,
 )
 from streamer.errors import StateError
 from streamer.scoring.state_store import StateStore
+
+if TYPE_CHECKING:
+    from streamer.contracts import RestoreMetrics
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.nda
     if len(slots) == 0:
         return
     for col in store.columns.values():
-        kept = col.name in KEEP_COLUMNS or col.name.startswith("ckpt_") or _locates(store, col.name)
+        kept = col.name in KEEP_COLUMNS or is_bookkeeping(col.name) or _locates(store, col.name)
         if not kept:
             store.cols[col.name][slots] = col.fill
     keep = np.broadcast_to(np.asarray(keep_normaliser, dtype=bool), slots.shape)
@@ -78,7 +82,7 @@ class Restorer:
     """Restores requested partitions into `store` on the caller's thread (the daemon's main loop)."""
 
     def __init__(self, store: StateStore, reader: ChangelogReader, model_version: str, *,
-                 metrics: Any = None, stall_timeout_s: float = 30.0,
+                 metrics: RestoreMetrics | None = None, stall_timeout_s: float = 30.0,
                  on_installed: Installed = lambda slots, partition, stale: None,
                  beat: Callable[[], None] = lambda: None) -> None:
         self._beat = beat

@@ -8,10 +8,11 @@ Layout (little-endian), format 1:
     | payload | crc32 u32
 
 The payload is every `ROW_FIELDS` row of the device's channels, every cell block (`Block`) and every
-store column, packed in the order of a `StateSchema`, which is derived from the store itself (so a field another component adds
-is carried without this module knowing it). `schema` is the crc32 of the schema's text: a record
-written under another schema (a field added, a dtype changed, another state size) still yields its
-header (device, channels, offset, last timestamp) but not its payload (`StateRecord.payload_known`).
+store column, packed in the order of a `StateSchema`, which is derived from the store itself (so a
+field another component adds is carried without this module knowing it). `schema` is the crc32 of
+the schema's text: a record written under another schema (a field added, a dtype changed, another
+state size) still yields its header (device, channels, offset, last timestamp) but not its payload
+(`StateRecord.payload_known`).
 
 `log_id` names the incarnation of the readings topic that `source_offset` counts in (its Kafka topic
 id): offsets of a deleted and recreated topic, or of a broker that lost its log, mean nothing, and
@@ -56,8 +57,16 @@ _NAMED = 1
 _HEAD = struct.Struct("<3sBBHIqdI16s")
 NO_LOG_ID = bytes(16)
 _LEN = struct.Struct("<H")
-_CRC = struct.Struct("<I")
-_U32 = struct.Struct("<I")
+_U32 = struct.Struct("<I")  # the crc32 trailer and the channel-names block length
+
+
+def bookkeeping(name: str) -> str:
+    """The store column `name` of the checkpointer's bookkeeping: kept in memory, never serialised."""
+    return BOOKKEEPING_PREFIX + name
+
+
+def is_bookkeeping(column: str) -> bool:
+    return column.startswith(BOOKKEEPING_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -75,12 +84,13 @@ class StateSchema:
                      for name, (dt, w) in ROW_FIELDS.items())
         skip = (*HEADER_COLUMNS, *LOCAL_COLUMNS, *(b.start_column for b in store.block_fields.values()))
         cols = tuple((c.name, _le(np.dtype(c.dtype)), c.width) for c in store.columns.values()
-                     if c.name not in skip and not c.name.startswith(BOOKKEEPING_PREFIX))
+                     if c.name not in skip and not is_bookkeeping(c.name))
         return cls(rows, cols, tuple(store.block_fields.values()))
 
     @property
     def text(self) -> str:
-        parts = [f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols)) for n, d, w in part]
+        parts = [f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols))
+                 for n, d, w in part]
         parts += [f"b:{b.name}:{_le(_np_dtype(b.dtype))}:{b.tag}" for b in self.blocks]
         return ";".join(parts)
 
@@ -95,7 +105,8 @@ class StateSchema:
 
 @lru_cache(maxsize=256)
 def _payload_dtype(schema: StateSchema, n_channels: int) -> np.dtype:
-    fields = [(f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
+    fields: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
+        (f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
     fields += [(f"c:{n}", d, (w,)) if w > 1 else (f"c:{n}", d) for n, d, w in schema.cols]
     fields += [(f"b:{b.name}", _le(_np_dtype(b.dtype)), (b.cells(n_channels),)) for b in schema.blocks]
     return np.dtype(fields)
@@ -176,7 +187,7 @@ def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: byte
         parts.append(_names_block(names))
     parts.append(payload)
     body = b"".join(parts)
-    return body + _CRC.pack(zlib.crc32(body))
+    return body + _U32.pack(zlib.crc32(body))
 
 
 @lru_cache(maxsize=1024)
@@ -312,4 +323,5 @@ def _unpack(store: StateStore, schema: StateSchema, slots: np.ndarray, packed: n
     for block in schema.blocks:
         cells = torch.from_numpy(store.cells_of(slots, block.name)).to(store.device)
         values = np.ascontiguousarray(packed[f"b:{block.name}"]).reshape(-1)
-        store.blocks[block.name][cells] = torch.from_numpy(values).to(store.device, store.blocks[block.name].dtype)
+        target = store.blocks[block.name]
+        target[cells] = torch.from_numpy(values).to(store.device, target.dtype)

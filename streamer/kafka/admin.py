@@ -4,6 +4,10 @@ Topics are always created explicitly: a topic a producer creates implicitly gets
 partition count (4 on tansu), which is never what the caller wanted.
 
 Every function takes either a `KafkaClientSettings` or a plain "host:port" bootstrap string.
+
+The broker may come up after its clients (a pod starting beside it, a test harness): `wait_for_broker`
+retries with exponential backoff (`streamer.backoff`), logging each failed try and what to check, until
+it answers, the attempts run out, or the caller asks it to stop.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.backoff import Backoff, Stopped
 from streamer.errors import BrokerError
 from streamer.kafka.client_config import KafkaClientSettings, admin_kwargs
 
@@ -76,7 +81,8 @@ def probe_metadata(client: KafkaClientSettings | str, timeout_s: float = 2.0) ->
     bootstrap fails, so an unreachable address must not get that far.
     """
     settings = as_settings(client)
-    if not any(_tcp_reachable(server, timeout_s) for server in settings.bootstrap_servers.split(",")):
+    servers = settings.bootstrap_servers.split(",")
+    if not any(port_open(*_split_host_port(server), timeout_s) for server in servers):
         raise BrokerError(f"no TCP listener at {settings.bootstrap_servers}")
     with admin_client(settings, timeout_s) as admin:
         try:
@@ -90,32 +96,41 @@ def wait_for_broker(
     attempts: int = 5,
     backoff_s: float = 0.5,
     *,
-    max_backoff_s: float = 5.0,
+    max_backoff_s: float = 10.0,
     timeout_s: float = 2.0,
     hint: str = _ERROR_HINT,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Retry `probe_metadata` up to `attempts` times, doubling the wait from `backoff_s`.
+    wait: Callable[[float], bool | None] = time.sleep,
+    beat: Callable[[], None] = lambda: None,
+) -> list[str]:
+    """Probe the broker until it answers and return its topic names; `attempts` 0 tries until stopped.
 
-    `hint` ends the error message: name the flag or variable the caller's address came from.
+    Between tries `wait(delay)` runs, the delay doubling from `backoff_s` up to `max_backoff_s`; a
+    `wait` that returns True (`threading.Event.wait` of a stop event that got set) raises `Stopped`.
+    `beat()` runs before every try (the daemon's liveness). When the attempts run out, `BrokerError`
+    ends with `hint`: name the flag or variable the caller's address came from.
     """
     settings = as_settings(client)
-    delay = backoff_s
-    last: BrokerError | None = None
-    for attempt in range(1, attempts + 1):
+    servers = settings.bootstrap_servers
+    backoff = Backoff(backoff_s, max_backoff_s)
+    attempt = 0
+    while True:
+        attempt += 1
+        beat()
         try:
-            probe_metadata(settings, timeout_s)
-            return
+            topics = probe_metadata(settings, timeout_s)
         except BrokerError as exc:
-            last = exc
-            log.info("broker %s not reachable (try %d/%d): %s", settings.first_server, attempt, attempts, exc)
-        if attempt < attempts:
-            sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
-    raise BrokerError(
-        f"broker {settings.bootstrap_servers} unreachable after {attempts} tries; {hint} "
-        f"(last error: {last})"
-    )
+            if attempts and attempt >= attempts:
+                raise BrokerError(f"broker {servers} unreachable after {attempt} tries; {hint} "
+                                  f"(last error: {exc})") from exc
+            log.warning("broker %s unreachable (try %d%s), retrying in %.1f s; %s", servers, attempt,
+                        f"/{attempts}" if attempts else "", backoff.delay_s, hint,
+                        extra={"error": str(exc), "attempt": attempt})
+        else:
+            if attempt > 1:
+                log.info("broker %s reachable after %d tries", servers, attempt, extra={"attempts": attempt})
+            return topics
+        if wait(backoff.next()):
+            raise Stopped()
 
 
 def ensure_topics(
@@ -186,8 +201,8 @@ def _as_spec(spec: TopicLike) -> TopicSpec:
     return TopicSpec(spec[0], spec[1], dict(spec[2]))
 
 
-def _tcp_reachable(server: str, timeout_s: float) -> bool:
-    host, port = _split_host_port(server)
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True

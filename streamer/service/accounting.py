@@ -1,4 +1,5 @@
-"""Turns one processed batch into metric updates (after its offsets are committed).
+"""Turns one processed batch into metric updates, once its output is acknowledged (its offsets are
+committed later, at the next checkpoint).
 
 Counting rules, so that `consumed = scored + dropped + dead-lettered` always holds:
 - readings consumed: decoded readings (a batch-form message counts each of its readings) plus one per

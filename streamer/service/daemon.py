@@ -1,4 +1,5 @@
-"""The daemon: poll → decode → score → publish → confirm → commit → metrics, until asked to stop.
+"""The daemon, until asked to stop: poll → restore newly assigned partitions → decode → admit and score →
+publish → confirm → metrics, and every checkpoint interval: flush outputs → write state → commit offsets.
 
 At-least-once: a batch's offsets are committed only after every record it produced (alerts, scores,
 dead letters) is acknowledged by the broker, and only at a state checkpoint, after the device states
@@ -23,9 +24,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from streamer.backoff import Backoff, Stopped
 from streamer.checkpoint.changelog import ensure_state_topic
 from streamer.checkpoint.manager import StateManager
+from streamer.contracts import Scorer
 from streamer.ingest.codec import Decoded, ReadingDecoder
+from streamer.kafka.admin import wait_for_broker
 from streamer.kafka.consumer import CommitError, GroupConsumer, Polled
 from streamer.kafka.publisher import Publisher, PublishError
 from streamer.scoring.readings import ScoredBatch
@@ -34,7 +38,7 @@ from streamer.service.clients import make_consumer, make_producer
 from streamer.service.health import HealthServer
 from streamer.service.metrics import Metrics
 from streamer.service.settings import Settings
-from streamer.service.startup import Stopped, prepare_topics, wait_for_broker
+from streamer.service.startup import prepare_topics
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class Daemon:
     def __init__(
         self,
         settings: Settings,
-        pipeline: Any,  # a ScoringPipeline: score(ReadingBatch) -> ScoredBatch
+        pipeline: Scorer,
         *,
         metrics: Metrics | None = None,
         consumer_factory: Callable[[], Any] | None = None,
@@ -82,10 +86,12 @@ class Daemon:
     def run(self) -> int:
         """Serve until `stop()`; 0 on a clean stop. Startup errors raise (`BrokerError`, `ConfigError`)."""
         try:
-            consumer, publisher, state = self._start()
+            self._start()
         except Stopped:
             self._close()
             return 0
+        consumer, publisher, state = self.consumer, self.publisher, self.state
+        assert consumer is not None and publisher is not None and state is not None, "_start opens all three"
         try:
             while not self._stop.is_set():
                 self._beat()
@@ -105,7 +111,7 @@ class Daemon:
     def _process(self, publisher: Publisher, state: StateManager, polled: Polled) -> None:
         decoded = self.decoder.decode(polled.records)
         t0 = time.perf_counter()
-        scored = state.score(decoded.batch)
+        scored = state.admit_and_score(decoded.batch)
         latency = time.perf_counter() - t0  # rnnwatch_scoring_latency_seconds: the pipeline alone
         self._publish(publisher, decoded, scored)
         self._confirm(publisher)
@@ -113,7 +119,9 @@ class Daemon:
         self.accounting.account(decoded, scored, latency, self._clock())
 
     # ---- steps ---------------------------------------------------------------------------------------
-    def _start(self) -> tuple[GroupConsumer, Publisher, StateManager]:
+    def _start(self) -> None:
+        """Serve health, reach the broker, prepare the topics, then open the clients and keep them on self
+        (each as soon as it exists, so that `_close` closes whatever was opened when a later step fails)."""
         s = self.settings
         self.health = HealthServer(self.metrics.registry, lambda: self._beat_at, self.readiness,
                                    stale_after_s=s.stale_after_s, host=s.metrics_host, port=s.metrics_port)
@@ -121,17 +129,18 @@ class Daemon:
                  extra={"port": self.health.port})
         self._model_info()
         self._problem = f"connecting to broker {s.kafka.bootstrap_servers}"
-        existing = wait_for_broker(s, self._stop, beat=self._beat)
+        existing = wait_for_broker(s.kafka, s.startup_attempts, timeout_s=5.0, wait=self._stop.wait,
+                                   beat=self._beat)
         prepare_topics(s, existing, OUTPUT_ROLES)
         ensure_state_topic(s.kafka, s.state_topic, s.readings_topic, create=s.create_topics)
-        self.publisher = Publisher(
+        publisher = self.publisher = Publisher(
             self._producer_factory, alerts_topic=s.alerts_topic, dlq_topic=s.dlq_topic,
             scores_topic=s.scores_topic, source_topic=s.readings_topic,
             on_recreate=self.metrics.producer_recreated.inc,
         )
         self.state = StateManager.from_settings(
             s, self.pipeline, self._producer_factory, metrics=self.metrics, commit=self._commit,
-            flush_outputs=lambda: self._confirm(self.publisher), beat=self._beat)  # type: ignore[arg-type]
+            flush_outputs=lambda: self._confirm(publisher), beat=self._beat)
         self.consumer = GroupConsumer(self._consumer_factory, s.readings_topic,
                                       on_assigned=self.state.on_assigned, on_revoked=self.state.on_revoked)
         self.state.attach(self.consumer.pause, self.consumer.resume)
@@ -139,7 +148,6 @@ class Daemon:
         log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
             "alerts_topic": s.alerts_topic, "dlq_topic": s.dlq_topic, "scores_topic": s.scores_topic})
         self.started.set()
-        return self.consumer, self.publisher, self.state
 
     def _publish(self, publisher: Publisher, decoded: Decoded, scored: ScoredBatch) -> None:
         publisher.publish_dead_letters(decoded.dead_letters)
@@ -148,7 +156,7 @@ class Daemon:
 
     def _confirm(self, publisher: Publisher) -> None:
         """Block until the batch's output is acknowledged, retrying with backoff; never skip it."""
-        backoff = 1.0
+        backoff = Backoff()
         while True:
             try:
                 publisher.flush_and_confirm(self.settings.publish_timeout_s)
@@ -156,12 +164,11 @@ class Daemon:
                 return
             except PublishError as exc:
                 self._problem = f"publishing failed: {exc}"
-                log.error("batch output not acknowledged; retrying in %.0f s: %s", backoff, exc)
+                log.error("batch output not acknowledged; retrying in %.0f s: %s", backoff.delay_s, exc)
                 if self._stop.is_set():
                     raise
                 self._beat()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stop.wait(backoff.next())
 
     def _commit(self, offsets: Mapping[int, int]) -> None:
         """Commit {partition: next offset} of the readings topic (the checkpointer calls this)."""
@@ -182,9 +189,7 @@ class Daemon:
         self.metrics.loop_heartbeat.set(self._clock())
         ready, _ = self.readiness()
         self.metrics.ready.set(1 if ready else 0)
-        store = getattr(self.pipeline, "store", None)
-        if store is not None:
-            self.metrics.devices_tracked.set(len(store))
+        self.metrics.devices_tracked.set(len(self.pipeline.store))
         if self.consumer is not None and now >= self._next_lag_at:
             self._next_lag_at = now + self.settings.consumer_lag_interval_s
             try:
@@ -212,11 +217,9 @@ class Daemon:
         return True, f"{len(self.consumer.assigned)} partitions assigned"
 
     def _model_info(self) -> None:
-        config = getattr(getattr(self.pipeline, "model", None), "config", None)
-        cell, hidden = getattr(config, "cell", None), getattr(config, "hidden_size", None)
-        architecture = f"{cell}-h{hidden}" if cell and hidden else "unknown"
-        self.metrics.set_model(str(getattr(self.pipeline, "model_version", "unknown")), str(architecture),
-                               str(getattr(self.pipeline, "device", "cpu")))
+        config = self.pipeline.model.config
+        self.metrics.set_model(self.pipeline.model_version, f"{config.cell}-h{config.hidden_size}",
+                               str(self.pipeline.device))
 
     def _close(self) -> None:
         totals = dict(self.accounting.totals)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Heartbeat = Callable[[], float | None]
 Readiness = Callable[[], tuple[bool, str]]  # (ready, reason shown when not ready)
 _TEXT = "text/plain; charset=utf-8"
+_SHUTDOWN_POLL_S = 0.05  # how often the serving thread checks for close(): close() waits up to this long
 
 
 class HealthServer:
@@ -54,7 +55,8 @@ class HealthServer:
         self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"health-http:{self.port}", daemon=True
+            target=self._httpd.serve_forever, args=(_SHUTDOWN_POLL_S,), name=f"health-http:{self.port}",
+            daemon=True,
         )
         self._thread.start()
 

@@ -42,82 +42,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-
-        def counter(name: str, doc: str, *labels: str) -> Counter:
-            return Counter(name, doc, labels, registry=r)
-
-        def gauge(name: str, doc: str, *labels: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=r)
-
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, buckets=buckets, registry=r)
-
-        # Flow: consumed → scored | dropped | dead-lettered.
-        self.readings_consumed = counter(
-            "rnnwatch_readings_consumed_total", "Readings taken from the readings topic.")
-        self.readings_scored = counter(
-            "rnnwatch_readings_scored_total", "Readings that went through the RNN and got a score.")
-        self.readings_dropped = counter(
-            "rnnwatch_readings_dropped_total",
-            "Decoded readings the pipeline refused to score, by DropReason.", "reason")
-        self.dead_letters = counter(
-            "rnnwatch_dead_letters_total",
-            "Records sent to the dead-letter topic because they could not be decoded, by reason.", "reason")
-        self.alerts = counter(
-            "rnnwatch_alerts_total", "Alert events published, by state (firing|resolved).", "state")
-        self.alerts_firing_devices = gauge(
-            "rnnwatch_alerts_firing_devices", "Devices whose alert is firing now.")
-
-        # Batches.
-        self.batch_size = histogram(
-            "rnnwatch_batch_size_readings", "Readings per scored batch.", BATCH_SIZE_BUCKETS)
-        self.batch_waves = histogram(
-            "rnnwatch_batch_waves", "Batched recurrent steps a batch took (its longest per-device run).",
-            WAVE_BUCKETS)
-        self.scoring_latency = histogram(
-            "rnnwatch_scoring_latency_seconds", "Wall time to score one batch.", LATENCY_BUCKETS)
-        self.end_to_end_lag = histogram(
-            "rnnwatch_end_to_end_lag_seconds", "Time from a reading's event timestamp to its score.",
-            END_TO_END_LAG_BUCKETS)
-        self.consumer_lag = gauge(
-            "rnnwatch_consumer_lag_messages",
-            "Messages between this consumer's position and the partition's end, per assigned partition.",
-            "topic", "partition")
-
-        # State.
-        self.devices_tracked = gauge("rnnwatch_devices_tracked", "Devices with RNN state held in memory.")
-        self.state_memory = gauge("rnnwatch_state_memory_bytes", "Bytes held by the per-device state slab.")
-        self.device_evictions = counter(
-            "rnnwatch_device_evictions_total", "Devices dropped from memory (TTL or capacity).")
-        self.model_info = Info(
-            "rnnwatch_model", "The loaded model: version, architecture, torch device.", registry=r)
-
-        # Lifecycle.
-        self.commit_failures = counter("rnnwatch_commit_failures_total", "Offset commits that failed.")
-        self.ready = gauge(
-            "rnnwatch_ready", "1 while the daemon is ready (partitions assigned and restored), else 0.")
-        self.loop_heartbeat = gauge(
-            "rnnwatch_loop_heartbeat_timestamp_seconds", "Unix time of the main loop's latest iteration.")
-        self.restore_progress = gauge(
-            "rnnwatch_restore_progress_ratio",
-            "Share of the assigned partitions' state changelog restored, 0..1 (1 when nothing is left).")
-        self.restored_devices = counter(
-            "rnnwatch_restored_devices_total", "Device states loaded from the state changelog.")
-        self.restore_duration = histogram(
-            "rnnwatch_restore_duration_seconds", "Wall time of one restore after a partition assignment.",
-            RESTORE_BUCKETS)
-        self.state_version_mismatch = counter(
-            "rnnwatch_state_version_mismatch_total",
-            "Restored device states discarded because their model version differs from the loaded one.")
-        self.checkpoints = counter(
-            "rnnwatch_checkpoints_total",
-            "Checkpoints completed (producer flush, offset commit, state flush).")
-        self.checkpoint_duration = histogram(
-            "rnnwatch_checkpoint_duration_seconds", "Wall time of one checkpoint.", LATENCY_BUCKETS)
-        self.producer_recreated = counter(
-            "rnnwatch_producer_recreated_total", "Kafka producers closed and built anew after a fatal error.")
-
+        self._flow()
+        self._batches()
+        self._state()
+        self._lifecycle()
         # Known label values start at 0, so rate() and absent() see them before the first event.
         for reason in DropReason:
             if reason is not DropReason.SCORED:
@@ -127,6 +55,83 @@ class Metrics:
         for state in ALERT_STATES:
             self.alerts.labels(state=state)
         self._lag_labels: set[tuple[str, str]] = set()
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, *labels: str) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, doc, buckets=buckets, registry=self.registry)
+
+    def _flow(self) -> None:
+        """consumed → scored | dropped | dead-lettered, and the alerts raised."""
+        self.readings_consumed = self._counter(
+            "rnnwatch_readings_consumed_total", "Readings taken from the readings topic.")
+        self.readings_scored = self._counter(
+            "rnnwatch_readings_scored_total", "Readings that went through the RNN and got a score.")
+        self.readings_dropped = self._counter(
+            "rnnwatch_readings_dropped_total",
+            "Decoded readings the pipeline refused to score, by DropReason.", "reason")
+        self.dead_letters = self._counter(
+            "rnnwatch_dead_letters_total",
+            "Records sent to the dead-letter topic because they could not be decoded, by reason.", "reason")
+        self.alerts = self._counter(
+            "rnnwatch_alerts_total", "Alert events published, by state (firing|resolved).", "state")
+        self.alerts_firing_devices = self._gauge(
+            "rnnwatch_alerts_firing_devices", "Devices whose alert is firing now.")
+
+    def _batches(self) -> None:
+        self.batch_size = self._histogram(
+            "rnnwatch_batch_size_readings", "Readings per scored batch.", BATCH_SIZE_BUCKETS)
+        self.batch_waves = self._histogram(
+            "rnnwatch_batch_waves", "Batched recurrent steps a batch took (its longest per-device run).",
+            WAVE_BUCKETS)
+        self.scoring_latency = self._histogram(
+            "rnnwatch_scoring_latency_seconds", "Wall time to score one batch.", LATENCY_BUCKETS)
+        self.end_to_end_lag = self._histogram(
+            "rnnwatch_end_to_end_lag_seconds", "Time from a reading's event timestamp to its score.",
+            END_TO_END_LAG_BUCKETS)
+        self.consumer_lag = self._gauge(
+            "rnnwatch_consumer_lag_messages",
+            "Messages between this consumer's position and the partition's end, per assigned partition.",
+            "topic", "partition")
+
+    def _state(self) -> None:
+        self.devices_tracked = self._gauge(
+            "rnnwatch_devices_tracked", "Devices with RNN state held in memory.")
+        self.state_memory = self._gauge(
+            "rnnwatch_state_memory_bytes", "Bytes held by the per-device state slab.")
+        self.device_evictions = self._counter(
+            "rnnwatch_device_evictions_total", "Devices dropped from memory (TTL or capacity).")
+        self.model_info = Info("rnnwatch_model", "The loaded model: version, architecture, torch device.",
+                               registry=self.registry)
+
+    def _lifecycle(self) -> None:
+        self.commit_failures = self._counter("rnnwatch_commit_failures_total", "Offset commits that failed.")
+        self.ready = self._gauge(
+            "rnnwatch_ready", "1 while the daemon is ready (partitions assigned and restored), else 0.")
+        self.loop_heartbeat = self._gauge(
+            "rnnwatch_loop_heartbeat_timestamp_seconds", "Unix time of the main loop's latest iteration.")
+        self.restore_progress = self._gauge(
+            "rnnwatch_restore_progress_ratio",
+            "Share of the assigned partitions' state changelog restored, 0..1 (1 when nothing is left).")
+        self.restored_devices = self._counter(
+            "rnnwatch_restored_devices_total", "Device states loaded from the state changelog.")
+        self.restore_duration = self._histogram(
+            "rnnwatch_restore_duration_seconds", "Wall time of one restore after a partition assignment.",
+            RESTORE_BUCKETS)
+        self.state_version_mismatch = self._counter(
+            "rnnwatch_state_version_mismatch_total",
+            "Restored device states discarded because their model version differs from the loaded one.")
+        self.checkpoints = self._counter(
+            "rnnwatch_checkpoints_total",
+            "Checkpoints completed (flush outputs, write device states, commit offsets).")
+        self.checkpoint_duration = self._histogram(
+            "rnnwatch_checkpoint_duration_seconds", "Wall time of one checkpoint.", LATENCY_BUCKETS)
+        self.producer_recreated = self._counter(
+            "rnnwatch_producer_recreated_total", "Kafka producers closed and built anew after a fatal error.")
 
     def observe_batch(self, scored: ScoredBatch, latency_s: float, lags_s: Iterable[float] = ()) -> None:
         """Account for one scored batch: counts, drops by reason, alert events, waves and timings.

@@ -12,30 +12,14 @@ module that looks at environment variables, and it only reads the mapping it is 
     ...
     streamer.errors.ConfigError: RNNWATCH_METRICS_PORT='http': expected an integer in [0, 65535]
 
-Every variable (flag in brackets) and its default:
+Each default is written once: in the `Settings` fields below (the Kafka connection's in
+`KafkaClientSettings`, the message limits' in `CodecLimits`). The `--help` texts, README.md's settings
+tables (`settings_table()`, kept equal by tests/test_settings.py) and the ConfigMap check in
+tests/test_deploy_consistency.py are derived from them and from `_OPTIONS`, which names each setting's
+variable and flag:
 
-    KAFKA_BOOTSTRAP_SERVERS      [--bootstrap-servers]   127.0.0.1:9092
-    RNNWATCH_GROUP_ID            [--group-id]            rnnwatch
-    RNNWATCH_READINGS_TOPIC      [--readings-topic]      sensor.readings
-    RNNWATCH_ALERTS_TOPIC        [--alerts-topic]        sensor.alerts
-    RNNWATCH_DLQ_TOPIC           [--dlq-topic]           sensor.readings.dlq
-    RNNWATCH_SCORES_TOPIC        [--scores-topic]        unset: no per-reading scores are published
-    RNNWATCH_STATE_TOPIC         [--state-topic]         <group id>.state (device state changelog)
-    RNNWATCH_CHECKPOINT_INTERVAL_S [--checkpoint-interval-s] 30
-    RNNWATCH_MAX_DEVICES         [--max-devices]         1000000
-    RNNWATCH_DEVICE_TTL_S        [--device-ttl-s]        604800 (7 days without a reading: evictable)
-    RNNWATCH_METRICS_PORT        [--metrics-port]        9109 (0: any free port)
-    RNNWATCH_MODEL               [--model]               unset: the shipped model
-    RNNWATCH_DEVICE              [--device]              auto (cuda when visible, else cpu)
-    RNNWATCH_LOG_LEVEL           [--log-level]           INFO
-    KAFKA_SECURITY_PROTOCOL      [--security-protocol]   PLAINTEXT
-    KAFKA_SASL_MECHANISM         [--sasl-mechanism]      unset
-    KAFKA_SASL_USERNAME          [--sasl-username]       unset
-    KAFKA_SASL_PASSWORD          (no flag: a password on a command line shows in `ps`)
-    KAFKA_SASL_PASSWORD_FILE     [--sasl-password-file]  unset; the file's content, trailing newline cut
-    KAFKA_SSL_CAFILE / KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE  [--ssl-cafile / --ssl-certfile / --ssl-keyfile]
-
-Tuning knobs that are flags only (rarely changed, no variable): see `add_arguments`.
+    >>> print(settings_table().splitlines()[2])
+    | `KAFKA_BOOTSTRAP_SERVERS` | `--bootstrap-servers` | `127.0.0.1:9092` | comma-separated host:port list |
 """
 
 from __future__ import annotations
@@ -53,6 +37,7 @@ from streamer.ingest.codec import CodecLimits
 from streamer.kafka.client_config import KafkaClientSettings
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_CODEC = CodecLimits()  # the decoder's own defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +70,9 @@ class Settings:
     publish_timeout_s: float = 30.0
     startup_attempts: int = 0  # tries to reach the broker at start; 0 = keep trying until stopped
     stale_after_s: float = 60.0  # /healthz fails when the loop has not turned for this long
-    max_message_bytes: int = 1_048_576
-    max_readings_per_message: int = 10_000
-    max_channels: int = 256
+    max_message_bytes: int = _CODEC.max_message_bytes
+    max_readings_per_message: int = _CODEC.max_readings_per_message
+    max_channels: int = _CODEC.max_channels
 
     @property
     def codec_limits(self) -> CodecLimits:
@@ -108,7 +93,9 @@ class Settings:
         for opt in _OPTIONS:
             if opt.flag is None:
                 continue
-            kwargs: dict[str, Any] = {"default": None, "dest": opt.dest, "help": opt.help}
+            variable = f"; {opt.env}" if opt.env else ""
+            kwargs: dict[str, Any] = {"default": None, "dest": opt.dest,
+                                      "help": f"{opt.help} (default: {default_text(opt)}{variable})"}
             if opt.parse is _flag_bool:
                 parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kwargs)
             else:
@@ -148,6 +135,7 @@ class _Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str | None = None
+    default: str | None = None  # the default in words, where it is not a plain value (Markdown)
 
 
 def _text(raw: str) -> str:
@@ -214,58 +202,64 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("alerts_topic", "RNNWATCH_ALERTS_TOPIC", "--alerts-topic", _text, "topic for alert events"),
     _Option("dlq_topic", "RNNWATCH_DLQ_TOPIC", "--dlq-topic", _text, "dead-letter topic"),
     _Option("scores_topic", "RNNWATCH_SCORES_TOPIC", "--scores-topic", _optional_text,
-            "publish every score here (unset: off)"),
-    _Option("state_topic", "RNNWATCH_STATE_TOPIC", "--state-topic", _text, "device state changelog topic"),
+            "publish every score here ({device_id, ts, anomaly_score, alert}); unset: off"),
+    _Option("state_topic", "RNNWATCH_STATE_TOPIC", "--state-topic", _text,
+            "device state changelog topic (compacted, same partitions as readings)",
+            default="`<group id>.state`"),
     _Option("checkpoint_interval_s", "RNNWATCH_CHECKPOINT_INTERVAL_S", "--checkpoint-interval-s", _seconds,
-            "seconds between state checkpoints"),
+            "seconds between state checkpoints (and offset commits)"),
     _Option("max_devices", "RNNWATCH_MAX_DEVICES", "--max-devices", _int_in(1, _MAX_INT),
-            "devices held in memory at most"),
+            "devices held in memory at most (least recently seen evicted)"),
     _Option("device_ttl_s", "RNNWATCH_DEVICE_TTL_S", "--device-ttl-s", _seconds,
             "seconds without a reading before a device's state may be evicted"),
     _Option("metrics_port", "RNNWATCH_METRICS_PORT", "--metrics-port", _int_in(0, 65535),
             "port of /metrics, /healthz, /readyz (0: any free port)"),
-    _Option("model", "RNNWATCH_MODEL", "--model", _optional_text, "model artifact directory", "DIR"),
-    _Option("device", "RNNWATCH_DEVICE", "--device", _text, "auto, cpu or cuda[:N]"),
-    _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level, "DEBUG, INFO, WARNING, ERROR"),
+    _Option("model", "RNNWATCH_MODEL", "--model", _optional_text, "model artifact directory", "DIR",
+            default="the shipped model"),
+    _Option("device", "RNNWATCH_DEVICE", "--device", _text,
+            "auto (cuda when visible, else cpu), cpu or cuda[:N]"),
+    _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level,
+            "JSON logs on stderr: DEBUG, INFO, WARNING, ERROR"),
     _Option("torch_threads", "RNNWATCH_TORCH_THREADS", "--torch-threads", _int_in(1, 1024),
-            "torch CPU threads for scoring (1)"),
+            "torch CPU threads for scoring (one leaves a core to the Kafka client)"),
     _Option("security_protocol", "KAFKA_SECURITY_PROTOCOL", "--security-protocol", _text,
             "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     _Option("sasl_mechanism", "KAFKA_SASL_MECHANISM", "--sasl-mechanism", _optional_text,
             "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ..."),
     _Option("sasl_username", "KAFKA_SASL_USERNAME", "--sasl-username", _optional_text, "SASL user"),
-    _Option("sasl_password", "KAFKA_SASL_PASSWORD", None, str, ""),
+    _Option("sasl_password", "KAFKA_SASL_PASSWORD", None, str,
+            "SASL password (no flag: a password on a command line shows in `ps`)"),
     _Option("sasl_password_file", "KAFKA_SASL_PASSWORD_FILE", "--sasl-password-file", _readable_file,
-            "file holding the SASL password", "FILE"),
+            "file holding the SASL password (its content, trailing newline cut)", "FILE"),
     _Option("ssl_cafile", "KAFKA_SSL_CAFILE", "--ssl-cafile", _readable_file, "CA bundle (PEM)", "FILE"),
     _Option("ssl_certfile", "KAFKA_SSL_CERTFILE", "--ssl-certfile", _readable_file, "client cert (PEM)",
             "FILE"),
     _Option("ssl_keyfile", "KAFKA_SSL_KEYFILE", "--ssl-keyfile", _readable_file, "client key (PEM)", "FILE"),
     # flags only
-    _Option("metrics_host", None, "--metrics-host", _text, "address the health server binds (0.0.0.0)"),
+    _Option("metrics_host", None, "--metrics-host", _text, "address the health server binds"),
     _Option("create_topics", None, "--create-topics", _flag_bool,
-            "create missing topics at start (default yes; --no-create-topics: fail and name them)"),
+            "create missing topics at start (--no-create-topics: fail and name them)"),
     _Option("topic_partitions", None, "--topic-partitions", _int_in(1, 10_000),
-            "partitions of the topics the daemon creates (4)"),
+            "partitions of the topics the daemon creates"),
     _Option("session_timeout_ms", None, "--session-timeout-ms", _int_in(1_000, 600_000),
-            "consumer group session timeout (6000)"),
+            "consumer group session timeout"),
     _Option("max_poll_records", None, "--max-poll-records", _int_in(1, 10_000_000),
-            "records per poll, i.e. the batch size (20000)"),
-    _Option("poll_timeout_ms", None, "--poll-timeout-ms", _int_in(1, 60_000), "poll wait (500)"),
+            "records per poll, i.e. the batch size"),
+    _Option("poll_timeout_ms", None, "--poll-timeout-ms", _int_in(1, 60_000), "poll wait"),
     _Option("consumer_lag_interval_s", None, "--consumer-lag-interval-s", _seconds,
-            "seconds between consumer-lag metric updates (5)"),
+            "seconds between consumer-lag metric updates"),
     _Option("publish_timeout_s", None, "--publish-timeout-s", _seconds,
-            "how long to wait for the broker to acknowledge a batch's output (30)"),
+            "how long to wait for the broker to acknowledge a batch's output"),
     _Option("startup_attempts", None, "--startup-attempts", _int_in(0, 1_000_000),
-            "tries to reach the broker at start, 0 = until stopped (0)"),
+            "tries to reach the broker at start, 0 = until stopped"),
     _Option("stale_after_s", None, "--stale-after-s", _seconds,
-            "/healthz fails when the loop has not turned for this long (60)"),
+            "/healthz fails when the loop has not turned for this long"),
     _Option("max_message_bytes", None, "--max-message-bytes", _int_in(1, _MAX_INT),
-            "larger reading messages are dead-lettered (1048576)"),
+            "larger reading messages are dead-lettered"),
     _Option("max_readings_per_message", None, "--max-readings-per-message", _int_in(1, _MAX_INT),
-            "batch-form messages with more readings are dead-lettered (10000)"),
+            "batch-form messages with more readings are dead-lettered"),
     _Option("max_channels", None, "--max-channels", _int_in(1, 32_767),
-            "readings with more channels are dead-lettered (256)"),
+            "readings with more channels are dead-lettered"),
 )
 
 
@@ -308,3 +302,42 @@ def log_level_number(settings: Settings) -> int:
 
 
 ENVIRONMENT = tuple(opt.env for opt in _OPTIONS if opt.env)  # every variable Settings reads
+
+
+def source_name(dest: str) -> str:
+    """The variable (else the flag) that sets the setting `dest`, for error messages."""
+    opt = next(o for o in _OPTIONS if o.dest == dest)
+    return opt.env or opt.flag or dest
+
+
+def default_text(opt: _Option) -> str:
+    """`opt`'s default as the help and the README write it, read from the dataclass that holds it."""
+    if opt.default is not None:
+        return opt.default
+    holder = Settings() if opt.dest in _SETTINGS_FIELDS else KafkaClientSettings()
+    value = getattr(holder, opt.dest, None)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def settings_table() -> str:
+    """README.md's settings tables (Markdown): the variables, then the flags that have none."""
+    def cell(opt: _Option) -> str:  # a value in backticks; "unset" and written-out defaults as they are
+        text = default_text(opt)
+        return text if opt.default is not None or text == "unset" else f"`{text}`"
+
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{o.env}` | {f'`{o.flag}`' if o.flag else 'none'} | {cell(o)} | {o.help} |"
+             for o in _OPTIONS if o.env]
+    rows += ["", "Tuning flags without a variable (rarely changed):", "",
+             "| flag | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{o.flag}` | {cell(o)} | {o.help} |" for o in _OPTIONS if o.env is None]
+    return "\n".join(rows)
+
+
+_SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings))

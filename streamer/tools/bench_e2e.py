@@ -330,7 +330,7 @@ def _read_all(settings: Any, topic: str) -> list[tuple[Any, dict[str, Any]]]:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(parts)
         ends = consumer.end_offsets(parts)
-        out = []
+        out: list[tuple[Any, Any]] = []
         while any(consumer.position(tp) < ends[tp] for tp in parts):
             for batch in consumer.poll(timeout_ms=500).values():
                 out.extend((rec, orjson.loads(rec.value)) for rec in batch)

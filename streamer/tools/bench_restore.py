@@ -114,6 +114,8 @@ def _fill(store: Any, n: int, channels: int, seed: int) -> np.ndarray:
     """n devices with `channels` named channels and random state in every row field and column."""
     import torch
 
+    from streamer.checkpoint.state_codec import is_bookkeeping
+
     names = tuple(f"ch{c}" for c in range(channels))
     slots = store.install_devices([f"device-{i:07d}" for i in range(n)], np.full(n, channels), [names] * n)
     rng = np.random.default_rng(seed)
@@ -126,7 +128,7 @@ def _fill(store: Any, n: int, channels: int, seed: int) -> np.ndarray:
         store.blocks[name][cells] = torch.from_numpy(rng.standard_normal(len(cells))).to(block.dtype)
     local = {"row_start", "n_channels", *(b.start_column for b in store.block_fields.values())}
     for name, column in store.cols.items():
-        if name in local or name.startswith("ckpt_"):
+        if name in local or is_bookkeeping(name):
             continue
         shape = (n, *column.shape[1:])
         column[slots] = (rng.random(shape) * 100).astype(column.dtype)
@@ -136,6 +138,8 @@ def _fill(store: Any, n: int, channels: int, seed: int) -> np.ndarray:
 
 def _check_sample(source: Any, target: Any, ids: list[str], seed: int) -> None:
     import torch
+
+    from streamer.checkpoint.state_codec import is_bookkeeping
 
     rng = np.random.default_rng(seed + 1)
     for device in rng.choice(ids, size=min(200, len(ids)), replace=False).tolist():
@@ -152,6 +156,6 @@ def _check_sample(source: Any, target: Any, ids: list[str], seed: int) -> None:
                 raise AssertionError(f"device {device}: cell block {name} differs after restore")
         local = {"row_start", *(blk.start_column for blk in source.block_fields.values())}
         for name in source.cols:
-            if name not in local and not name.startswith("ckpt_") and not np.array_equal(
+            if name not in local and not is_bookkeeping(name) and not np.array_equal(
                     source.cols[name][a], target.cols[name][b], equal_nan=True):
                 raise AssertionError(f"device {device}: column {name} differs after restore")

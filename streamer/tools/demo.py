@@ -87,7 +87,7 @@ class AlertWatcher(threading.Thread):
               f"({top['share']:.0%} {top['direction']})  -> {verdict}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--channels", type=int, default=4)
@@ -96,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=9109)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path("out/demo"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     from kafka import KafkaProducer
 
-    from streamer.kafka.admin import TopicSpec, ensure_topics
-    from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
+    from streamer.kafka.admin import TopicSpec, ensure_topics, port_open
+    from streamer.kafka.broker import EmbeddedBroker, free_port
     from streamer.kafka.client_config import KafkaClientSettings, producer_kwargs, producer_throughput_kwargs
     from streamer.tools.simulate import produce, reading_messages
 

@@ -16,10 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.errors import ConfigError
 from streamer.tools import evaluate_tep
-from streamer.tools.replay import read_series, replay, write_result
+from streamer.tools.replay import Series, SeriesResult, read_series, replay, write_result
+
+if TYPE_CHECKING:
+    from model.evaluation.nab_scorer import ProfileResult
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
@@ -32,15 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     nab.add_argument("--output-dir", type=Path, required=True)
     nab.add_argument("--model", default=None, help="model artifact directory (default: the shipped model)")
     nab.add_argument("--device", default="auto")
-    nab.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    nab.add_argument("--no-plots", action="store_true", help="skip the PNGs (they need rnnwatch[plots])")
     nab.set_defaults(func=run_nab)
     evaluate_tep.register(bench)
 
 
 def run_nab(args: argparse.Namespace) -> int:
-    from model.evaluation import nab_plots, nab_scorer
+    from model.evaluation import nab_plots
     from streamer.scoring.factory import build_pipeline
 
+    if not args.no_plots:
+        try:  # before a replay of minutes, not after it
+            nab_plots.figure_class()
+        except ImportError as exc:
+            raise ConfigError(f"{exc}; or pass --no-plots") from None
     data = args.nab_dir / "data"
     files = sorted(data.glob("*/*.csv"))
     if not files:
@@ -54,7 +63,7 @@ def run_nab(args: argparse.Namespace) -> int:
     for s, res in zip(series, results, strict=True):
         outputs[s.name] = args.output_dir / s.name
         write_result(outputs[s.name], s, res)
-    scored = _score_outputs(args.nab_dir, outputs, nab_scorer)
+    scored = _score_outputs(args.nab_dir, outputs)
     summary: dict[str, object] = {
         name: {"score": round(r.normalised_score, 2), "threshold": r.threshold, "windows_detected": r.tp,
                "windows_missed": r.fn, "false_positive_rows": r.fp}
@@ -63,15 +72,17 @@ def run_nab(args: argparse.Namespace) -> int:
     summary["replay"] = {"readings": int(sum(len(s.ts) for s in series)), "seconds": round(replay_s, 1)}
     (args.output_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_plots:
-        _plots(args, series, results, scored, nab_plots, nab_scorer)
+        _plots(args, series, results, scored)
     print(" / ".join(f"{p} {scored[p].normalised_score:.2f}" for p in PROFILES))
     print(f"evaluate: outputs, scores.json and plots in {args.output_dir}", file=sys.stderr)
     return 0
 
 
-def _score_outputs(nab_dir: Path, outputs: dict[str, Path], nab_scorer):  # type: ignore[no-untyped-def]
+def _score_outputs(nab_dir: Path, outputs: dict[str, Path]) -> dict[str, ProfileResult]:
     """Score the replay output files as written (an empty score, a dropped row, counts as 0)."""
     import numpy as np
+
+    from model.evaluation import nab_scorer
 
     detections = {}
     for key, path in outputs.items():
@@ -83,8 +94,11 @@ def _score_outputs(nab_dir: Path, outputs: dict[str, Path], nab_scorer):  # type
     return nab_scorer.score_corpus(detections, windows, profiles)
 
 
-def _plots(args, series, results, scored, nab_plots, nab_scorer) -> None:  # type: ignore[no-untyped-def]
+def _plots(args: argparse.Namespace, series: list[Series], results: list[SeriesResult],
+           scored: dict[str, ProfileResult]) -> None:
     import numpy as np
+
+    from model.evaluation import nab_plots, nab_scorer
 
     windows = nab_scorer.load_windows(args.nab_dir / "labels" / "combined_windows.json")
     threshold = scored["standard"].threshold

@@ -19,11 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer.errors import ConfigError
 from streamer.scoring.readings import DropReason, ReadingBatch
+
+if TYPE_CHECKING:
+    from streamer.contracts import BatchScorer
 
 
 @dataclass
@@ -83,7 +87,7 @@ def _number(text: str) -> float:
         return float("nan")  # rejected by the pipeline as NON_FINITE, reported in the status column
 
 
-def replay(series: Sequence[Series], pipeline: object, rows_per_device: int = 32,
+def replay(series: Sequence[Series], pipeline: BatchScorer, rows_per_device: int = 32,
            progress: bool = True) -> list[SeriesResult]:
     """Stream every series through `pipeline.score`, interleaved, `rows_per_device` rows each per batch."""
     results = [SeriesResult(np.full(len(s.ts), np.nan, np.float32), np.zeros(len(s.ts), bool),
@@ -96,11 +100,11 @@ def replay(series: Sequence[Series], pipeline: object, rows_per_device: int = 32
                  for k, s in enumerate(series) if start < len(s.ts)]
         batch = ReadingBatch.from_rows(
             device_ids=[s.device_id for _, s, sl in parts for _ in range(sl.start, sl.stop)],
-            ts=np.concatenate([s.ts[sl] for _, s, sl in parts]),
+            ts=np.concatenate([s.ts[sl] for _, s, sl in parts]).tolist(),
             values=[v for _, s, sl in parts for v in s.values[sl]],
             channels=[s.channels for _, s, sl in parts for _ in range(sl.start, sl.stop)],
         )
-        out = pipeline.score(batch)  # type: ignore[attr-defined]
+        out = pipeline.score(batch)
         pos = 0
         for k, _, sl in parts:
             width = sl.stop - sl.start

@@ -137,7 +137,7 @@ def _inject_faults(
             a, b = _window(rng, kind, int(lo), int(hi), t)
             whole_sensor = kind == "stuck" and rng.random() < 0.3  # every channel freezes at once
             n_chans = c if whole_sensor else min(c, 1 + int(rng.random() < 0.3))
-            chans = sorted(int(j) for j in rng.choice(c, size=n_chans, replace=False))
+            chans = sorted(int(j) for j in rng.choice(c, size=(n_chans,), replace=False))
             series = values[device]  # (t, c) view
             series[a:b, chans] = _apply(rng, kind, series[a:b, chans], sigma[device, chans])
             labels[device, a:b] = True
