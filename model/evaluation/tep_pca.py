@@ -58,7 +58,7 @@ def components_for(eigenvalues: np.ndarray, variance: float) -> int:
     if not 0.0 < variance <= 1.0:
         raise ValueError(f"variance share must be in (0, 1], got {variance}")
     share = np.cumsum(eigenvalues) / np.sum(eigenvalues)
-    return int(min(np.searchsorted(share, variance - 1e-12) + 1, len(eigenvalues)))
+    return min(int(np.searchsorted(share, variance - 1e-12)) + 1, len(eigenvalues))
 
 
 def t2_limit(components: int, readings: int, confidence: float) -> float:

@@ -244,10 +244,10 @@ class _Rows:
             starts = np.zeros(n, dtype=np.int64)
             np.cumsum(widths[:-1], out=starts[1:])
             out_of_range = np.add.reduceat(~(np.abs(flat) <= FLOAT32_MAX), starts) > 0  # NaN too
-            for row in np.flatnonzero(out_of_range):
+            for row in np.flatnonzero(out_of_range).tolist():
                 flag(row, R.NON_FINITE, "a value is NaN/Inf or beyond float32")
             expected = limits.expected_channels
-            for row in np.flatnonzero(widths != expected) if expected is not None else ():
+            for row in np.flatnonzero(widths != expected).tolist() if expected is not None else ():
                 flag(row, R.CHANNEL_COUNT, f"{widths[row]} channels, the model expects {expected}")
         values = _pack(flat, widths)  # (n, c_max) float32, NaN-padded
         partitions = np.fromiter((r.partition for r in self.records), np.int32, len(self.records))[msg]
@@ -281,7 +281,7 @@ def _timestamps(raw: Sequence[Any], flag: _Flag) -> np.ndarray:
         ts = np.asarray(raw, dtype=np.float64)
     else:
         ts = np.fromiter(map(_parse_ts, raw), dtype=np.float64, count=len(raw))
-    for row in np.flatnonzero(~((ts >= TS_MIN) & (ts < TS_MAX))):  # also catches NaN (unparseable)
+    for row in np.flatnonzero(~((ts >= TS_MIN) & (ts < TS_MAX))).tolist():  # also catches NaN
         flag(row, R.BAD_TIMESTAMP,
              f"ts {str(raw[row])[:64]!r} is not RFC 3339 with offset or epoch seconds in [1970, 3000)")
     return ts

@@ -283,8 +283,8 @@ class ScoringPipeline:
         scale = standardise_and_update(resid_c * std, normal_seen, count - self.normaliser.settle - 1,
                                        rows_of["resid_var"], rows, self.normaliser.alpha)  # (r,) NaN: none
         dev = torch.where(first, 0.0, z)
-        per_row = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
-        per_row = per_row.to("cpu", torch.float64).numpy()
+        stacked = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
+        per_row = stacked.to("cpu", torch.float64).numpy()
         per_row *= per_row  # (r, 5)
         r2, joint = self._relation(zc, normal_seen, layout, count, slots)
         table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), r2])  # (r, 7)

@@ -190,7 +190,7 @@ class StateStore:
         slots = np.array(found, dtype=np.int64)
         mismatch = self.cols["n_channels"][slots] != n_channels
         names = self._names
-        for i, (ch, s) in enumerate(zip(channels, found, strict=True)):
+        for i, (ch, s) in enumerate(zip(channels, slots.tolist(), strict=True)):
             if ch is not None and names[s] is not ch and names[s] != ch:
                 mismatch[i] = True
         self.cols["last_seen"][slots] = self.clock()
