@@ -77,6 +77,9 @@ class CheckpointMetrics(Protocol):
     @property
     def checkpoint_duration(self) -> HistogramLike: ...
 
+    @property
+    def state_quarantined(self) -> CounterLike: ...
+
 
 class RestoreMetrics(Protocol):
     """What `streamer.checkpoint.restore.Restorer` records while and after it restores."""

@@ -10,7 +10,10 @@ Writes are acknowledged before they count: `ChangelogWriter.write` sends in chun
 acknowledgement, and on a failure closes the producer, builds a new one from the factory and sends the
 failed records again (an idempotent kafka-python producer never recovers from a broker that lost its
 producer ids). If that still fails it raises `CheckpointError`; the caller keeps the devices dirty and
-does not commit, so nothing is lost, only retried at the next checkpoint.
+does not commit, so nothing is lost, only retried at the next checkpoint. A record the producer or the
+broker refuses *for what it is* (too large, invalid: `REFUSED_RECORD_ERRORS`) is not retried: it is
+handed to the caller's `reject` callback, so that one unwritable state cannot stop every other
+device's checkpoint (`streamer.checkpoint.quarantine`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from streamer.kafka.client_config import KafkaClientSettings, consumer_kwargs
 log = logging.getLogger(__name__)
 
 Record = tuple[int, str, bytes | None]  # (partition, device id, value or None for a tombstone)
+Reject = Callable[[Record, str], None]  # a record refused for what it is, and why
 COMPACT = {"cleanup.policy": "compact"}
+# kafka-python errors (kafka.errors) that say "this record will never be accepted", whoever sends it
+REFUSED_RECORD_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError",
+                         "CorruptRecordError")
 
 
 class CheckpointError(BrokerError):
@@ -69,27 +76,30 @@ class ChangelogWriter:
         self.bytes_written = 0
         self.records_written = 0
 
-    def write(self, records: Iterable[Record], timeout_s: float = 20.0) -> int:
+    def write(self, records: Iterable[Record], timeout_s: float = 20.0, reject: Reject | None = None) -> int:
         """Send every record and wait until all are acknowledged; `CheckpointError` otherwise.
 
-        `timeout_s` bounds each chunk of `chunk` records (so a big checkpoint gets more time).
+        `timeout_s` bounds each chunk of `chunk` records (so a big checkpoint gets more time). With
+        `reject`, records refused for what they are go to it instead of failing the write.
         """
         total = 0
         for chunk in _chunks(records, self.chunk):
-            self._write_chunk(chunk, self._clock() + timeout_s)
+            self._write_chunk(chunk, self._clock() + timeout_s, reject)
             total += len(chunk)
             self._on_chunk()
         return total
 
-    def _write_chunk(self, chunk: list[Record], deadline: float) -> None:
+    def _write_chunk(self, chunk: list[Record], deadline: float, reject: Reject | None = None) -> None:
         pending = chunk
         for attempt in range(1, self.max_attempts + 1):
             self._ensure_producer()
             futures = [self._send(record) for record in pending]
             self._flush(deadline)
             failed = [(record, f) for record, f in zip(pending, futures, strict=True) if not _acked(f)]
+            if reject is not None and failed:
+                failed = _hand_over_refused(failed, reject)
             if not failed:
-                self.records_written += len(pending)
+                self.records_written += len(pending)  # refused ones included: they are done with
                 self.bytes_written += sum(len(r[1]) + len(r[2] or b"") for r in pending)
                 return
             cause = _cause(failed[0][1])
@@ -154,6 +164,21 @@ class _Failed:
 
     def __init__(self, exc: BaseException) -> None:
         self.exception = exc
+
+
+def _hand_over_refused(failed: list[tuple[Record, Any]], reject: Reject) -> list[tuple[Record, Any]]:
+    """Give the records refused for what they are to `reject`; return the others (worth a retry)."""
+    from kafka import errors
+
+    refused = tuple(getattr(errors, name) for name in REFUSED_RECORD_ERRORS)
+    retry = []
+    for record, future in failed:
+        exc = future.exception if future.is_done else None
+        if isinstance(exc, refused):
+            reject(record, f"{type(exc).__name__}: {exc}")
+        else:
+            retry.append((record, future))
+    return retry
 
 
 def _acked(future: Any) -> bool:

@@ -11,7 +11,9 @@ A checkpoint of some partitions runs in this order (Quix Streams' order, for the
     2. write state     tombstones of evicted devices, then every dirty device's state, acknowledged;
     3. commit offsets  the positions after the last applied batch of those partitions.
 
-A crash anywhere leaves a consistent pair: states never older than the committed offsets, and each
+A state that can never be written (too large, refused by the codec or the broker) does not stop the
+others: its device is quarantined (`quarantine.py`) and the checkpoint goes on. A crash anywhere
+leaves a consistent pair: states never older than the committed offsets, and each
 state knowing which readings it already holds (`source_offset`). Offsets are committed only here, so
 a restart replays at most one checkpoint interval.
 """
@@ -25,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamer.checkpoint.changelog import ChangelogWriter
-from streamer.checkpoint.state_codec import NO_LOG_ID, bookkeeping, encode_states
+from streamer.checkpoint.changelog import ChangelogWriter, Record
+from streamer.checkpoint.quarantine import QUARANTINED, STATE_RECORD_MAX_BYTES, encode_checkpointable
+from streamer.checkpoint.state_codec import NO_LOG_ID, bookkeeping
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.state_store import Column, StateStore
 
@@ -39,7 +42,8 @@ PARTITION = bookkeeping("partition")  # readings partition of the device
 DIRTY = bookkeeping("dirty")  # state changed since it was last written
 WRITTEN = bookkeeping("written")  # the changelog holds a state of this device
 COLUMNS: tuple[Column, ...] = (Column(PARTITION, np.int32, fill=-1), Column(DIRTY, np.bool_),
-                               Column(WRITTEN, np.bool_))
+                               Column(WRITTEN, np.bool_),
+                               Column(QUARANTINED, np.bool_))  # never written again (quarantine.py)
 
 
 class Checkpointer:
@@ -60,6 +64,7 @@ class Checkpointer:
         flush_outputs: Callable[[], None] = lambda: None,
         metrics: CheckpointMetrics | None = None,
         write_timeout_s: float = 20.0,
+        max_record_bytes: int = STATE_RECORD_MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         store.add_columns(COLUMNS)
@@ -71,6 +76,8 @@ class Checkpointer:
         self._flush_outputs = flush_outputs
         self._metrics = metrics
         self.write_timeout_s = write_timeout_s
+        self.max_record_bytes = max_record_bytes
+        self.quarantined = 0  # device states quarantined so far
         self._clock = clock
         self._positions: dict[int, int] = {}  # partition -> next offset, applied but not committed
         self._tombstones: dict[int, set[str]] = {}
@@ -121,18 +128,16 @@ class Checkpointer:
         self._flush_outputs()
         store, cols = self.store, self.store.cols
         mine = np.isin(cols[PARTITION], parts)
-        slots = np.flatnonzero(store.live & cols[DIRTY] & mine)
+        slots = np.flatnonzero(store.live & cols[DIRTY] & mine & ~cols[QUARANTINED])
+        slots, values, refused = encode_checkpointable(store, slots, self.model_version, self.log_id,
+                                                       self.max_record_bytes)
         tombstones = [(p, device, None) for p in parts for device in self._tombstones.get(p, ())
                       if not self._rewritten(device)]
+        tombstones += [t for slot, why in refused if (t := self._quarantine(slot, why)) is not None]
         self.writer.write(tombstones, self.write_timeout_s)  # before states: a resend cannot reorder them
-        values = encode_states(store, slots, self.model_version, log_id=self.log_id)
-        ids = [store.device_id(s) or "" for s in slots.tolist()]
-        self.writer.write(zip(cols[PARTITION][slots].tolist(), ids, values, strict=True),
-                          self.write_timeout_s)
-        cols[DIRTY][slots] = False
-        cols[WRITTEN][slots] = True
         for p in parts:
             self._tombstones.pop(p, None)
+        self._write_states(slots, values)
         offsets = {p: self._positions.pop(p) for p in parts if p in self._positions}
         if commit and offsets:
             self._commit(offsets)
@@ -144,10 +149,46 @@ class Checkpointer:
                 extra={"states": len(slots), "tombstones": len(tombstones), "seconds": round(elapsed, 4)})
         return len(slots)
 
+    def _write_states(self, slots: np.ndarray, values: list[bytes]) -> None:
+        """Write the states; one the broker refuses for what it is is quarantined, its tombstone written."""
+        store, cols = self.store, self.store.cols
+        ids = [store.device_id(s) or "" for s in slots.tolist()]
+        refused: list[tuple[Record, str]] = []
+        written_before = cols[WRITTEN][slots]  # (m,) a copy: fancy indexing
+        self.writer.write(zip(cols[PARTITION][slots].tolist(), ids, values, strict=True),
+                          self.write_timeout_s, reject=lambda record, why: refused.append((record, why)))
+        cols[DIRTY][slots] = False
+        cols[WRITTEN][slots] = True
+        tombstones: list[Record] = []
+        for (_, device, _), why in refused:
+            slot = store.slot(device)
+            if slot is not None:
+                cols[WRITTEN][slot] = bool(written_before[slots == slot].any())
+                tombstone = self._quarantine(slot, f"the broker refused its record: {why}")
+                tombstones += [tombstone] if tombstone is not None else []
+        self.writer.write(tombstones, self.write_timeout_s)
+
+    def _quarantine(self, slot: int, why: str) -> Record | None:
+        """Never write this device's state again while it is held; the tombstone to write if it was."""
+        cols = self.store.cols
+        device = self.store.device_id(slot) or ""
+        cols[QUARANTINED][slot] = True
+        cols[DIRTY][slot] = False
+        tombstone = (int(cols[PARTITION][slot]), device, None) if cols[WRITTEN][slot] else None
+        cols[WRITTEN][slot] = False
+        self.quarantined += 1
+        if self._metrics is not None:
+            self._metrics.state_quarantined.inc()
+        log.warning("device %r: its state cannot be checkpointed (%s); quarantined: it keeps being scored "
+                    "from memory but its state is not written while this process holds it, and every other "
+                    "device's checkpoint goes on", device[:64], why, extra={"event": "state_quarantined"})
+        return tombstone
+
     def _rewritten(self, device: str) -> bool:
         """An evicted device that came back and changed: its new state supersedes the old one."""
         slot = self.store.slot(device)
-        return slot is not None and bool(self.store.cols[DIRTY][slot])
+        cols = self.store.cols
+        return slot is not None and bool(cols[DIRTY][slot]) and not bool(cols[QUARANTINED][slot])
 
     def schedule(self) -> None:
         """Start the next interval now (after a checkpoint, successful or not)."""

@@ -168,7 +168,7 @@ class StateManager:
             idx = np.arange(start, end)
             if admitted is not None:
                 idx = idx[admitted]
-            parts.append((idx, self.pipeline.score(_take(batch, idx))))
+            parts.append((idx, self.pipeline.score(batch.take(idx))))
             if end == len(batch):
                 return _merge(parts, len(batch))
             start = end
@@ -252,27 +252,21 @@ class StateManager:
             self._metrics.state_memory.set(self.store.memory_bytes())
 
 
-def _take(batch: ReadingBatch, idx: np.ndarray) -> ReadingBatch:
-    """The readings at `idx`, in order."""
-    ids, channels = batch.device_ids, batch.channels
-    return ReadingBatch([ids[i] for i in idx.tolist()], batch.ts[idx], batch.values[idx],
-                        batch.n_channels[idx], [channels[i] for i in idx.tolist()], batch.partitions[idx],
-                        batch.offsets[idx])
-
-
 def _merge(parts: list[tuple[np.ndarray, ScoredBatch]], n: int) -> ScoredBatch:
     """Answers for parts of an n-reading batch placed back at their rows; rows in none: CAPACITY."""
     scores = np.full(n, np.nan, dtype=np.float32)
     alerting = np.zeros(n, dtype=bool)
     status = np.full(n, DropReason.CAPACITY, dtype=np.uint8)
     top = np.full(n, -1, dtype=np.int16)
-    events, waves = [], 0
+    events, waves, rebased, reshaped = [], 0, 0, 0
     for idx, scored in parts:
         scores[idx], alerting[idx], status[idx], top[idx] = (scored.scores, scored.alerting, scored.status,
                                                               scored.top_channel)
         events.extend(scored.events)
         waves += scored.waves
-    return ScoredBatch(scores, alerting, status, top, events, waves)
+        rebased += scored.rebased
+        reshaped += scored.reshaped
+    return ScoredBatch(scores, alerting, status, top, events, waves, rebased, reshaped)
 
 
 async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:

@@ -24,6 +24,12 @@ Rules (each rejection is one `DeadLetterReason`):
   position) treats the whole message as one unit: it is applied or skipped entirely. For the same
   reason a message is atomic here: one invalid reading dead-letters the whole message (the detail
   names the reading's index), because its original bytes are what the dead-letter topic keeps.
+- Limits (`CodecLimits`): a device id or a channel name longer (in UTF-8 bytes) than its maximum is
+  `device_id_too_long` / `channel_name_too_long`: ids and names are kept in memory, written into
+  every checkpoint and every alert, so their size is bounded far below what a checkpoint can hold.
+  With `max_future_s` set (the daemon sets it), a ts further ahead of the decoder's clock is
+  `future_timestamp`: one reading from the year 2999 would otherwise become its device's clock and
+  make every later reading "out of order".
 - Unknown fields are ignored.
 
 The decoder never raises on input: every record ends up as rows of the batch or as one `DeadLetter`.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +73,8 @@ _RFC3339 = re.compile(
 )
 _NON_FINITE_WORDS = frozenset(("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity",
                                "-infinity"))
-_SORT_CACHE_MAX = 4096
+_SORT_CACHE_MAX = 4096  # channel sets remembered (sorted order, longest name) ...
+_SORT_CACHE_MAX_BYTES = 8 * 1024 * 1024  # ... and the bytes of their names at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +82,12 @@ class CodecLimits:
     """Bounds on one message; anything beyond them is dead-lettered, never truncated."""
 
     max_message_bytes: int = 1_048_576
-    max_readings_per_message: int = 10_000
+    max_readings_per_message: int = 1_000  # the worst allowed message is one device x 1000 waves (README)
     max_channels: int = 256
     expected_channels: int | None = None  # a fixed-channel model's channel count; None = any
+    max_device_id_bytes: int = 256
+    max_channel_name_bytes: int = 128
+    max_future_s: float | None = None  # ts at most this far ahead of the clock; None = no check (replay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +108,16 @@ class _Reject(Exception):
 
 
 class ReadingDecoder:
-    """Turns a poll's records into a `Decoded`. Stateless apart from a cache of channel orders."""
+    """Turns a poll's records into a `Decoded`. Stateless apart from a cache of channel orders.
 
-    def __init__(self, limits: CodecLimits | None = None) -> None:
+    `clock` (epoch seconds) is what `limits.max_future_s` counts from.
+    """
+
+    def __init__(self, limits: CodecLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or CodecLimits()
-        self._sorted: dict[tuple[str, ...], tuple[tuple[str, ...], bool]] = {}
+        self._clock = clock
+        self._sorted: dict[tuple[str, ...], tuple[tuple[str, ...], bool, int]] = {}
+        self._sorted_bytes = 0
 
     def decode(self, records: Iterable[KafkaRecord]) -> Decoded:
         rows = _Rows()
@@ -131,7 +147,7 @@ class ReadingDecoder:
             meta_append((device_id, obj["ts"], names, len(ordered), len(rows.records), -1))
             flat_extend(ordered)
             record_append(rec)
-        batch, late = rows.finish(self.limits)
+        batch, late = rows.finish(self.limits, self._clock())
         if late:
             dead.extend(late)
             dead.sort(key=lambda d: (d.record.partition, d.record.offset))
@@ -153,8 +169,12 @@ class ReadingDecoder:
         device_id = obj.get("device_id")
         if type(device_id) is not str or not device_id:
             raise _missing_or_wrong("device_id", device_id, "a non-empty string")
+        raw_id = device_id.encode()
+        if len(raw_id) > self.limits.max_device_id_bytes:
+            raise _Reject(R.DEVICE_ID_TOO_LONG, f"device_id {device_id[:64]!r}... of {len(raw_id)} bytes > "
+                          f"max {self.limits.max_device_id_bytes} (--max-device-id-bytes)")
         key = rec.key
-        if key is not None and key != device_id.encode():
+        if key is not None and key != raw_id:
             raise _Reject(R.KEY_MISMATCH, f"key {key[:64]!r} != device_id {device_id[:64]!r}")
         return obj, device_id
 
@@ -194,7 +214,11 @@ class ReadingDecoder:
             cached = self._sorted.get(keys)
             if cached is None:
                 cached = self._remember(keys)
-            names, in_order = cached
+            names, in_order, longest = cached
+            if longest > self.limits.max_channel_name_bytes:
+                limit = self.limits.max_channel_name_bytes
+                raise _Reject(R.CHANNEL_NAME_TOO_LONG, f"{where}values has a channel name of {longest} "
+                              f"bytes > max {limit} (--max-channel-name-bytes)")
             ordered = list(values.values()) if in_order else [values[k] for k in names]
         else:
             raise _Reject(R.WRONG_TYPE, f"{where}values is a JSON {_json_type(values)}, not object/list")
@@ -206,12 +230,17 @@ class ReadingDecoder:
             raise _Reject(R.TOO_MANY_CHANNELS, f"{where}values has {n} channels > max {limit}")
         return names, ordered
 
-    def _remember(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-        if len(self._sorted) >= _SORT_CACHE_MAX:
-            self._sorted.clear()
+    def _remember(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], bool, int]:
+        sizes = [len(k.encode()) for k in keys]
         names = tuple(sorted(keys))
-        entry = (names, names == keys)
+        entry = (names, names == keys, max(sizes, default=0))
+        if entry[2] > self.limits.max_channel_name_bytes:
+            return entry  # rejected: never cached, so hostile names cannot fill memory
+        if len(self._sorted) >= _SORT_CACHE_MAX or self._sorted_bytes > _SORT_CACHE_MAX_BYTES:
+            self._sorted.clear()
+            self._sorted_bytes = 0
         self._sorted[keys] = entry
+        self._sorted_bytes += 2 * sum(sizes)
         return entry
 
 
@@ -224,8 +253,11 @@ class _Rows:
         self.flat: list[Any] = []  # every value of every row, row after row
         self.records: list[KafkaRecord] = []  # accepted so far; message index -> record
 
-    def finish(self, limits: CodecLimits) -> tuple[ReadingBatch, list[DeadLetter]]:
-        """The batch of rows whose numbers and timestamps are valid, and dead letters for the rest."""
+    def finish(self, limits: CodecLimits, now: float) -> tuple[ReadingBatch, list[DeadLetter]]:
+        """The batch of rows whose numbers and timestamps are valid, and dead letters for the rest.
+
+        `now` (epoch seconds) is the clock `limits.max_future_s` counts from.
+        """
         n = len(self.meta)
         device_ids, raw_ts, channels, widths_, msg_, sub = (
             tuple(zip(*self.meta, strict=True)) if n else ((),) * 6
@@ -239,6 +271,8 @@ class _Rows:
             bad.setdefault(int(msg[row]), (reason, where + detail))
 
         ts = _timestamps(raw_ts, flag)  # (n,) float64 epoch seconds
+        if limits.max_future_s is not None:
+            _future(ts, raw_ts, now, limits.max_future_s, flag)
         flat = _numbers(self.flat, widths, flag)  # (sum(widths),) float64
         if n:
             starts = np.zeros(n, dtype=np.int64)
@@ -285,6 +319,13 @@ def _timestamps(raw: Sequence[Any], flag: _Flag) -> np.ndarray:
         flag(row, R.BAD_TIMESTAMP,
              f"ts {str(raw[row])[:64]!r} is not RFC 3339 with offset or epoch seconds in [1970, 3000)")
     return ts
+
+
+def _future(ts: np.ndarray, raw: Sequence[Any], now: float, max_future_s: float, flag: _Flag) -> None:
+    """Flag every ts more than `max_future_s` ahead of `now`: it would become its device's clock."""
+    for row in np.flatnonzero(ts > now + max_future_s):
+        flag(row, R.FUTURE_TIMESTAMP, f"ts {str(raw[row])[:64]!r} is {ts[row] - now:.0f} s ahead of this "
+             f"service's clock (max {max_future_s:g} s, RNNWATCH_MAX_FUTURE_S); check the device's clock")
 
 
 def _numbers(flat: list[Any], widths: np.ndarray, flag: _Flag) -> np.ndarray:

@@ -42,6 +42,12 @@ class DeadLetterReason(enum.StrEnum):
     TOO_MANY_READINGS = "too_many_readings"  # batch form with more readings than allowed
     TOO_MANY_CHANNELS = "too_many_channels"  # more channels than allowed
     CHANNEL_COUNT = "channel_count"  # channel count differs from the fixed-channel model's
+    DEVICE_ID_TOO_LONG = "device_id_too_long"  # device id (UTF-8) longer than the configured maximum
+    CHANNEL_NAME_TOO_LONG = "channel_name_too_long"  # a channel name (UTF-8) longer than the maximum
+    FUTURE_TIMESTAMP = "future_timestamp"  # ts further ahead of this service's clock than allowed
+    # decoded, but the pipeline refused to score it (streamer.ingest.refusals): the device's data is wrong
+    OUT_OF_ORDER = "out_of_order"  # ts not newer than the device's last reading
+    CHANNEL_MISMATCH = "channel_mismatch"  # channels differ from the device's (until it is re-initialised)
     DECODER_ERROR = "decoder_error"  # the decoder itself failed: a bug, logged; the record is kept
 
     @property

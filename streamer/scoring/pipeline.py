@@ -9,7 +9,9 @@ device's readings are applied in order while a batch of 10 k devices costs one b
 Event time: a reading whose timestamp is not newer than its device's last one is dropped and counted
 (OUT_OF_ORDER). A gap longer than `gap_reset_s` *resets* the device's recurrent state (hidden state
 and forecast) while keeping its normaliser and calibration: after a long outage the model's memory of
-the last minutes is stale, but the sensor's scale and its usual error level are not.
+the last minutes is stale, but the sensor's scale and its usual error level are not. A device whose
+clock went back is re-based (`event_time.py`); one whose channels changed is re-initialised for them
+(`shape.py`).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ from streamer.scoring.alert_policy import (
 )
 from streamer.scoring.alert_policy import COLUMNS as ALERT_COLUMNS
 from streamer.scoring.calibration import CalibrationConfig, Calibrator
+from streamer.scoring.event_time import REBASE_AFTER, EventClock
 from streamer.scoring.evidence import COLUMNS as EVIDENCE_COLUMNS
 from streamer.scoring.evidence import repeat_evidence, repeat_runs, standardise_and_update
 from streamer.scoring.readings import AlertEvent, ChannelAttribution, DropReason, ReadingBatch, ScoredBatch
+from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import PER_CHANNEL, SIGNALS, Signal
 from streamer.scoring.state_store import CORE_COLUMNS, Column, StateStore
 
@@ -61,6 +65,8 @@ class PipelineConfig:
     policy: AlertPolicyConfig = field(default_factory=AlertPolicyConfig)
     gap_reset_s: float = math.inf  # reset a device's recurrent state after a silence this long
     mature_s: float = 86400.0  # event time a device learns before an open episode freezes its normal
+    rebase_after: int = REBASE_AFTER  # readings in a row older than a device's clock re-base it
+    reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,6 +138,8 @@ class ScoringPipeline:
             device=self.device,
             blocks=relation.BLOCKS,
         )
+        self.clock = EventClock(self.store, self.config.rebase_after)
+        self.shapes = ShapeTracker(self.store, self.config.reshape_after)
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
         n = len(batch)
@@ -143,9 +151,11 @@ class ScoringPipeline:
         valid = np.flatnonzero(status == DropReason.SCORED)
         waves = _wave_ranks(slots[valid])
         n_waves = int(waves.max()) + 1 if len(valid) else 0
+        rebased, reshaped = self.clock.rebased, 0
         with torch.inference_mode():
             for k in range(n_waves):
                 idx = valid[waves == k]
+                reshaped += self.shapes.apply(idx)
                 wave = self._step(batch, idx, slots[idx], status)
                 if wave is None:
                     continue
@@ -159,7 +169,8 @@ class ScoringPipeline:
                 top[wave.idx] = shares.argmax(axis=1)
                 events.extend(self._events(batch, wave, alarm, transitions, shares))
         events.sort(key=lambda e: (e.offset, e.ts))
-        return ScoredBatch(scores, alerting, status, top, events, n_waves)
+        rebased = self.clock.rebased - rebased
+        return ScoredBatch(scores, alerting, status, top, events, n_waves, rebased, reshaped)
 
     # ---- steps of score() -----------------------------------------------------------------------
     def _validate(self, batch: ReadingBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +180,7 @@ class ScoringPipeline:
         in_range = np.arange(c_max)[None, :] < batch.n_channels[:, None]
         non_finite = (~np.isfinite(batch.values) & in_range).any(axis=1)
         applied = (batch.offsets >= 0) & (batch.offsets <= self.store.cols["source_offset"][slots])
+        mismatch = self.shapes.resolve(batch, slots, mismatch, applied | non_finite)
         status = np.zeros(len(batch), dtype=np.uint8)
         status[applied] = DropReason.ALREADY_APPLIED
         status[non_finite] = DropReason.NON_FINITE
@@ -216,8 +228,8 @@ class ScoringPipeline:
         admitted (idx, slots, ts, seconds since the device's previous reading), or None."""
         cols = self.store.cols
         ts = batch.ts[idx]
+        fresh = self.clock.admit(slots, ts)  # re-bases a device whose clock went back
         last = cols["last_ts"][slots]
-        fresh = ts > last
         status[idx[~fresh]] = DropReason.OUT_OF_ORDER
         idx, slots, ts, last = idx[fresh], slots[fresh], ts[fresh], last[fresh]
         if len(idx) == 0:

@@ -55,6 +55,24 @@ class ReadingBatch:
     def __len__(self) -> int:
         return len(self.device_ids)
 
+    def take(self, idx: np.ndarray) -> ReadingBatch:
+        """The readings at positions `idx` (n,) int, in that order."""
+        rows = idx.tolist()
+        ids, channels = self.device_ids, self.channels
+        return ReadingBatch([ids[i] for i in rows], self.ts[idx], self.values[idx], self.n_channels[idx],
+                            [channels[i] for i in rows], self.partitions[idx], self.offsets[idx])
+
+    def message_starts(self) -> np.ndarray:
+        """(n,) bool, True where a reading starts a new source message.
+
+        A batch-form message's readings are consecutive and share their (partition, offset); a reading
+        not from Kafka (offset -1) is a message of its own.
+        """
+        p, o = self.partitions, self.offsets
+        starts = np.ones(len(self), dtype=bool)
+        starts[1:] = (p[1:] != p[:-1]) | (o[1:] != o[:-1]) | (o[1:] < 0)
+        return starts
+
     @staticmethod
     def from_rows(
         device_ids: Sequence[str],
@@ -120,6 +138,8 @@ class ScoredBatch:
     top_channel: (n,) int16 index of the channel with the largest error share (-1 if not scored)
     events:      alert transitions caused by this batch, in reading order
     waves:       number of batched recurrent steps the batch took
+    rebased:     devices whose event-time clock was re-based (`streamer.scoring.event_time`)
+    reshaped:    devices re-initialised for a new channel set (`streamer.scoring.shape`)
     """
 
     scores: np.ndarray
@@ -128,6 +148,8 @@ class ScoredBatch:
     top_channel: np.ndarray
     events: list[AlertEvent] = field(default_factory=list)
     waves: int = 0
+    rebased: int = 0
+    reshaped: int = 0
 
     def dropped_counts(self) -> dict[DropReason, int]:
         counts = np.bincount(self.status, minlength=len(DropReason))

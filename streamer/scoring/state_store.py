@@ -177,7 +177,9 @@ class StateStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Slots for every reading (allocating new devices) and a mask of channel-set mismatches.
 
-        device_ids (n,), n_channels (n,) -> slots (n,) int64, mismatch (n,) bool
+        device_ids (n,), n_channels (n,) -> slots (n,) int64, mismatch (n,) bool. Positional (list)
+        values match only a device that has always sent lists: a list is never paired with named
+        channels by position.
         """
         lookup = self._slot.get
         found = [lookup(dev) for dev in device_ids]  # one dict lookup per reading, no numpy scalars
@@ -191,7 +193,7 @@ class StateStore:
         mismatch = self.cols["n_channels"][slots] != n_channels
         names = self._names
         for i, (ch, s) in enumerate(zip(channels, slots.tolist(), strict=True)):
-            if ch is not None and names[s] is not ch and names[s] != ch:
+            if names[s] is not ch and names[s] != ch:
                 mismatch[i] = True
         self.cols["last_seen"][slots] = self.clock()
         return slots, mismatch
@@ -246,6 +248,21 @@ class StateStore:
             fresh = torch.zeros(max(2 * old.shape[0], needed), dtype=old.dtype, device=old.device)
             fresh[: old.shape[0]] = old
             self.blocks[name] = fresh
+
+    def reshape(self, slot: int, n_channels: int, names: tuple[str, ...] | None) -> None:
+        """Give the device in `slot` zeroed rows and cells for a new channel set (columns untouched)."""
+        if n_channels < 1:
+            raise StateError(f"device {self._ids[slot]!r}: a reading needs at least one channel")
+        old = int(self.cols["n_channels"][slot])
+        self._free_rows.setdefault(old, []).append(int(self.cols["row_start"][slot]))
+        for block in self.block_fields.values():
+            self._free_cells[block.name].setdefault(block.cells(old), []).append(
+                int(self.cols[block.start_column][slot]))
+        self.cols["row_start"][slot] = self._take_rows(n_channels)
+        for block in self.block_fields.values():
+            self.cols[block.start_column][slot] = self._take_cells(block, n_channels)
+        self.cols["n_channels"][slot] = n_channels
+        self._names[slot] = names
 
     def evict(self, device_id: str) -> None:
         """Forget a device: its slot, rows and cells return to the free lists."""
@@ -406,14 +423,24 @@ class StateStore:
         rows = self.cols["row_start"][slots][owner] + (np.arange(len(owner)) - first)
         return rows, owner
 
-    def reset_devices(self, slots: np.ndarray, keep: Iterable[str]) -> None:
+    def reset_devices(self, slots: np.ndarray, keep: Iterable[str], keep_rows: Iterable[str] = ()) -> None:
         """Give these devices a new device's state (zero rows and cells, columns at their fill) except
-        the columns named in `keep`; identity, channels and where their rows and cells live stay."""
+        the columns named in `keep` and the row fields in `keep_rows`; identity, channels and where
+        their rows and cells live stay."""
         kept = {*keep, "row_start", "n_channels", *(b.start_column for b in self.block_fields.values())}
         for col in self.columns.values():
             if col.name not in kept:
                 self.cols[col.name][slots] = col.fill
-        self.zero_state(slots)
+        kept_rows = set(keep_rows)
+        if not kept_rows:
+            self.zero_state(slots)
+            return
+        rows = torch.from_numpy(self.rows_of(slots)[0]).to(self.device)
+        for name, tensor in self.rows.items():
+            if name not in kept_rows:
+                tensor[rows] = 0
+        for name in self.block_fields:
+            self.blocks[name][torch.from_numpy(self.cells_of(slots, name)).to(self.device)] = 0
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Zero the recurrent state (not the normaliser) of these rows: after a long gap, say."""

@@ -5,7 +5,11 @@ Counting rules, so that `consumed = scored + dropped + dead-lettered` always hol
 - readings consumed: decoded readings (a batch-form message counts each of its readings) plus one per
   dead-lettered record (its reading count is unknown: it could not be decoded);
 - scored / dropped by reason: from the pipeline's per-row status;
-- dead letters by reason: one per record sent to the dead-letter topic;
+- dead letters by reason: one per record sent to the dead-letter topic. A record the decoder rejected
+  counts as one consumed reading; one the pipeline refused (`streamer.ingest.refusals`: out of order,
+  channel mismatch) already counts among the dropped readings, so for it only the dead letter is
+  counted: `consumed = scored + dropped + dead letters of the decoder's reasons`;
+- devices re-based (clock went back) and re-initialised (new channel set): from the pipeline's answer;
 - alerts by state: one per published alert event; `alerts_firing_devices` follows them.
 
 Per-reading histograms (end-to-end lag) take a whole batch at once: `observe_many` adds bucket counts
@@ -16,12 +20,14 @@ a tenth of a core.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from prometheus_client import Histogram
 
 from streamer.ingest.codec import Decoded
+from streamer.ingest.dead_letter import DeadLetter
 from streamer.scoring.readings import ScoredBatch
 from streamer.service.metrics import Metrics
 
@@ -34,13 +40,19 @@ class BatchAccounting:
         self.firing: set[str] = set()
         self.totals: Counter[str] = Counter()  # for logs and tests: consumed, scored, dead_letters, alerts
 
-    def account(self, decoded: Decoded, scored: ScoredBatch, latency_s: float, now: float) -> None:
+    def account(self, decoded: Decoded, scored: ScoredBatch, latency_s: float, now: float,
+                refused: Sequence[DeadLetter] = ()) -> None:
+        """`refused`: the dead letters of readings the pipeline dropped (already in `scored.status`)."""
         m = self.metrics
         batch = decoded.batch
         n_dead = len(decoded.dead_letters)
         m.readings_consumed.inc(len(batch) + n_dead)
-        for dead in decoded.dead_letters:
+        for dead in (*decoded.dead_letters, *refused):
             m.dead_letters.labels(reason=dead.reason.value).inc()
+        if scored.rebased:
+            m.clock_rebased.inc(scored.rebased)
+        if scored.reshaped:
+            m.device_reshaped.inc(scored.reshaped)
         if len(batch):
             m.observe_batch(scored, latency_s)  # scored, dropped by reason, alerts by state, size, waves
             scored_rows = scored.status == 0
@@ -52,7 +64,7 @@ class BatchAccounting:
                 self.firing.discard(event.device_id)
         m.alerts_firing_devices.set(len(self.firing))
         n_scored = int(np.count_nonzero(scored.status == 0))
-        self.totals.update(consumed=len(batch) + n_dead, scored=n_scored, dead_letters=n_dead,
+        self.totals.update(consumed=len(batch) + n_dead, scored=n_scored, dead_letters=n_dead + len(refused),
                            alerts=len(scored.events), batches=1)
 
 

@@ -8,6 +8,12 @@ publishing keeps failing, the loop keeps retrying the same output (readiness goe
 why) rather than moving on; if the commit fails (a rebalance took the partitions), the records will
 be delivered again to their new owner, whose restored states skip what they already hold.
 
+Bounded time per poll step: a poll's readings are scored in chunks of at most
+`max_readings_per_message` waves per device (`chunks.py`), each published and confirmed before the
+next, with a heartbeat in between; a poll's offsets are handed to the checkpointer after its last
+chunk. Readings the pipeline refuses because the device's data is wrong (out of order, channel
+mismatch) are dead-lettered beside the decoder's dead letters (`streamer.ingest.refusals`).
+
 `stop()` (the CLI calls it on SIGTERM/SIGINT) lets the batch in hand finish: its output is flushed
 and confirmed, a last checkpoint writes the states and commits the offsets, then the clients close
 and `run()` returns 0.
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamer.backoff import Backoff, Stopped
@@ -29,11 +35,14 @@ from streamer.checkpoint.changelog import ensure_state_topic
 from streamer.checkpoint.manager import StateManager
 from streamer.contracts import Scorer
 from streamer.ingest.codec import Decoded, ReadingDecoder
+from streamer.ingest.dead_letter import DeadLetter
+from streamer.ingest.refusals import refusal_dead_letters
 from streamer.kafka.admin import wait_for_broker
 from streamer.kafka.consumer import CommitError, GroupConsumer, Polled
 from streamer.kafka.publisher import Publisher, PublishError
-from streamer.scoring.readings import ScoredBatch
+from streamer.scoring.readings import ReadingBatch
 from streamer.service.accounting import BatchAccounting
+from streamer.service.chunks import wave_chunks
 from streamer.service.clients import make_consumer, make_producer
 from streamer.service.health import HealthServer
 from streamer.service.metrics import Metrics
@@ -110,13 +119,33 @@ class Daemon:
 
     def _process(self, publisher: Publisher, state: StateManager, polled: Polled) -> None:
         decoded = self.decoder.decode(polled.records)
+        offsets = {tp.partition: offset for tp, offset in polled.offsets.items()}
+        chunks = wave_chunks(decoded.batch, self.settings.max_readings_per_message)
+        if chunks is None:
+            self._process_chunk(publisher, state, polled, decoded.batch, decoded.dead_letters, offsets)
+            return
+        for k, rows in enumerate(chunks):  # decoder dead letters go with the first, the offsets with the last
+            last = k == len(chunks) - 1
+            self._process_chunk(publisher, state, polled, decoded.batch.take(rows),
+                                decoded.dead_letters if k == 0 else [], offsets if last else {})
+            if not last:
+                self._beat()
+
+    def _process_chunk(self, publisher: Publisher, state: StateManager, polled: Polled, batch: ReadingBatch,
+                       dead_letters: Sequence[DeadLetter], offsets: Mapping[int, int]) -> None:
+        """Score, publish, confirm and track one chunk of a poll."""
         t0 = time.perf_counter()
-        scored = state.admit_and_score(decoded.batch)
+        scored = state.admit_and_score(batch)
         latency = time.perf_counter() - t0  # rnnwatch_scoring_latency_seconds: the pipeline alone
-        self._publish(publisher, decoded, scored)
+        store = getattr(self.pipeline, "store", None)
+        refused = refusal_dead_letters(batch, scored.status, polled.records, store)
+        publisher.publish_dead_letters([*dead_letters, *refused])
+        publisher.publish_alerts(scored.events)
+        publisher.publish_scores(batch, scored)
         self._confirm(publisher)
-        state.applied(decoded.batch, scored, {tp.partition: offset for tp, offset in polled.offsets.items()})
-        self.accounting.account(decoded, scored, latency, self._clock())
+        state.applied(batch, scored, offsets)
+        decoded = Decoded(batch=batch, dead_letters=list(dead_letters), messages=0)
+        self.accounting.account(decoded, scored, latency, self._clock(), refused)
 
     # ---- steps ---------------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -148,11 +177,6 @@ class Daemon:
         log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
             "alerts_topic": s.alerts_topic, "dlq_topic": s.dlq_topic, "scores_topic": s.scores_topic})
         self.started.set()
-
-    def _publish(self, publisher: Publisher, decoded: Decoded, scored: ScoredBatch) -> None:
-        publisher.publish_dead_letters(decoded.dead_letters)
-        publisher.publish_alerts(scored.events)
-        publisher.publish_scores(decoded.batch, scored)
 
     def _confirm(self, publisher: Publisher) -> None:
         """Block until the batch's output is acknowledged, retrying with backoff; never skip it."""

@@ -45,6 +45,7 @@ class Metrics:
         self._flow()
         self._batches()
         self._state()
+        self._guards()
         self._lifecycle()
         # Known label values start at 0, so rate() and absent() see them before the first event.
         for reason in DropReason:
@@ -76,7 +77,8 @@ class Metrics:
             "Decoded readings the pipeline refused to score, by DropReason.", "reason")
         self.dead_letters = self._counter(
             "rnnwatch_dead_letters_total",
-            "Records sent to the dead-letter topic because they could not be decoded, by reason.", "reason")
+            "Records sent to the dead-letter topic (undecodable, or refused: the device's data is wrong), by "
+            "reason.", "reason")
         self.alerts = self._counter(
             "rnnwatch_alerts_total", "Alert events published, by state (firing|resolved).", "state")
         self.alerts_firing_devices = self._gauge(
@@ -107,6 +109,19 @@ class Metrics:
             "rnnwatch_device_evictions_total", "Devices dropped from memory (TTL or capacity).")
         self.model_info = Info("rnnwatch_model", "The loaded model: version, architecture, torch device.",
                                registry=self.registry)
+
+    def _guards(self) -> None:
+        """What hostile input made the daemon do to a device, beside dead-lettering its records."""
+        self.clock_rebased = self._counter(
+            "rnnwatch_device_clock_rebased_total",
+            "Devices whose event-time clock was re-based after a run of readings older than it.")
+        self.device_reshaped = self._counter(
+            "rnnwatch_device_reshaped_total",
+            "Devices re-initialised (warm-up again) after a run of readings in a new channel set.")
+        self.state_quarantined = self._counter(
+            "rnnwatch_state_quarantined_total",
+            "Device states that could not be checkpointed (too large, unencodable, refused by the broker): "
+            "kept in memory only, so that every other device's checkpoint goes on.")
 
     def _lifecycle(self) -> None:
         self.commit_failures = self._counter("rnnwatch_commit_failures_total", "Offset commits that failed.")

@@ -35,6 +35,8 @@ from typing import Any
 from streamer.errors import ConfigError
 from streamer.ingest.codec import CodecLimits
 from streamer.kafka.client_config import KafkaClientSettings
+from streamer.scoring.event_time import REBASE_AFTER
+from streamer.scoring.shape import RESHAPE_AFTER
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _CODEC = CodecLimits()  # the decoder's own defaults
@@ -59,6 +61,9 @@ class Settings:
     device: str = "auto"
     log_level: str = "INFO"
     torch_threads: int = 1
+    max_future_s: float = 300.0
+    clock_rebase_after: int = REBASE_AFTER
+    reshape_after: int = RESHAPE_AFTER
     # flags only
     metrics_host: str = "0.0.0.0"
     create_topics: bool = True
@@ -71,12 +76,16 @@ class Settings:
     startup_attempts: int = 0  # tries to reach the broker at start; 0 = keep trying until stopped
     stale_after_s: float = 60.0  # /healthz fails when the loop has not turned for this long
     max_message_bytes: int = _CODEC.max_message_bytes
-    max_readings_per_message: int = _CODEC.max_readings_per_message
+    max_readings_per_message: int = _CODEC.max_readings_per_message  # also a scoring chunk's wave budget
     max_channels: int = _CODEC.max_channels
+    max_device_id_bytes: int = _CODEC.max_device_id_bytes
+    max_channel_name_bytes: int = _CODEC.max_channel_name_bytes
 
     @property
     def codec_limits(self) -> CodecLimits:
-        return CodecLimits(self.max_message_bytes, self.max_readings_per_message, self.max_channels)
+        return CodecLimits(self.max_message_bytes, self.max_readings_per_message, self.max_channels,
+                           max_device_id_bytes=self.max_device_id_bytes,
+                           max_channel_name_bytes=self.max_channel_name_bytes, max_future_s=self.max_future_s)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -222,6 +231,13 @@ _OPTIONS: tuple[_Option, ...] = (
             "JSON logs on stderr: DEBUG, INFO, WARNING, ERROR"),
     _Option("torch_threads", "RNNWATCH_TORCH_THREADS", "--torch-threads", _int_in(1, 1024),
             "torch CPU threads for scoring (one leaves a core to the Kafka client)"),
+    _Option("max_future_s", "RNNWATCH_MAX_FUTURE_S", "--max-future-s", _seconds,
+            "a reading whose ts is further ahead of the wall clock is dead-lettered (`future_timestamp`)"),
+    _Option("clock_rebase_after", "RNNWATCH_CLOCK_REBASE_AFTER", "--clock-rebase-after",
+            _int_in(1, 1_000_000),
+            "readings in a row older than a device's clock before its clock is re-based"),
+    _Option("reshape_after", "RNNWATCH_RESHAPE_AFTER", "--reshape-after", _int_in(1, 1_000_000),
+            "readings in a row in one new channel set before a device is re-initialised for it"),
     _Option("security_protocol", "KAFKA_SECURITY_PROTOCOL", "--security-protocol", _text,
             "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     _Option("sasl_mechanism", "KAFKA_SASL_MECHANISM", "--sasl-mechanism", _optional_text,
@@ -260,6 +276,10 @@ _OPTIONS: tuple[_Option, ...] = (
             "batch-form messages with more readings are dead-lettered"),
     _Option("max_channels", None, "--max-channels", _int_in(1, 32_767),
             "readings with more channels are dead-lettered"),
+    _Option("max_device_id_bytes", None, "--max-device-id-bytes", _int_in(1, 65_535),
+            "messages whose device id has more UTF-8 bytes are dead-lettered"),
+    _Option("max_channel_name_bytes", None, "--max-channel-name-bytes", _int_in(1, 65_535),
+            "readings with a longer channel name (UTF-8 bytes) are dead-lettered"),
 )
 
 
