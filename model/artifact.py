@@ -1,8 +1,11 @@
 """The model artifact: a directory with `model.safetensors` (weights) and `config.json` (everything else).
 
 Loading reads tensors with safetensors and JSON with the json module: nothing is ever unpickled, so an
-artifact from an untrusted place cannot run code. The version is derived from the weights' content, so
-two artifacts with the same version score identically.
+artifact from an untrusted place cannot run code; and nothing is allocated before every config field
+and the weights file's header are checked against each other (`model.artifact_schema`), so it cannot
+make the loader allocate more than the largest allowed model either. The version is derived from the
+weights' content, so two artifacts with the same version score identically. Every refusal is an
+`ArtifactError` (the CLI turns it into one line and exit status 2).
 """
 
 from __future__ import annotations
@@ -16,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.forecaster import ForecasterConfig, RecurrentForecaster
+from model.artifact_schema import ArtifactError, check_config, check_weights, read_config
+from model.forecaster import RecurrentForecaster
 from model.normaliser import NormaliserConfig
 
 FORMAT = "rnnwatch-forecaster/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
-
-class ArtifactError(ValueError):
-    """The artifact directory is missing, incomplete or of another format."""
+__all__ = ["CONFIG", "FORMAT", "WEIGHTS", "ArtifactError", "ModelArtifact", "default_model_dir", "load", "save"]
 
 
 @dataclass(frozen=True)
@@ -86,22 +89,24 @@ def load(directory: str | Path | None = None) -> ModelArtifact:
             f"no model artifact at {path}: expected {CONFIG} and {WEIGHTS}; "
             "train one with `rnnwatch train` or leave RNNWATCH_MODEL unset for the shipped model"
         )
-    config = json.loads(config_path.read_text())
-    if config.get("format") != FORMAT:
-        raise ArtifactError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    model = RecurrentForecaster(ForecasterConfig(**config["architecture"]))
-    state = load_file(str(weights_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ArtifactError(f"{weights_path}: weights do not fit the architecture "
-                            f"(missing {missing}, unexpected {unexpected})")
+    config = read_config(config_path)
+    architecture, normaliser = check_config(config, config_path, FORMAT)
+    check_weights(weights_path, architecture)  # before a tensor or a layer is allocated
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{weights_path}: safetensors cannot read it ({exc})") from None
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise ArtifactError(f"{weights_path}: weights hold NaN or infinite values")
     if _weights_digest(state) not in config["version"]:
         raise ArtifactError(f"{path}: weights do not match version {config['version']} (corrupt copy?)")
+    model = RecurrentForecaster(architecture)
+    model.load_state_dict(state, strict=True)  # names and shapes checked above: it fits
     model.eval()
     return ModelArtifact(
         model=model,
         version=str(config["version"]),
-        normaliser=NormaliserConfig(**config["normaliser"]),
+        normaliser=normaliser,
         training=config.get("training", {}),
         metrics=config.get("metrics", {}),
         path=str(path),
