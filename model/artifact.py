@@ -30,7 +30,8 @@ FORMAT = "rnnwatch-forecaster/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
-__all__ = ["CONFIG", "FORMAT", "WEIGHTS", "ArtifactError", "ModelArtifact", "default_model_dir", "load", "save"]
+__all__ = ["CONFIG", "FORMAT", "WEIGHTS", "ArtifactError", "ModelArtifact", "default_model_dir", "load",
+           "save"]
 
 
 @dataclass(frozen=True)

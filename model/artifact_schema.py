@@ -96,7 +96,8 @@ def expected_tensors(config: ForecasterConfig) -> dict[str, tuple[int, ...]]:
             "rnn.bias_hh_l0": (g,), "head.weight": (1, h), "head.bias": (1,)}
 
 
-MAX_WEIGHTS_BYTES = 4 * sum(map(math.prod, expected_tensors(ForecasterConfig("lstm", MAX_HIDDEN_SIZE)).values()))
+_LARGEST = ForecasterConfig("lstm", MAX_HIDDEN_SIZE)
+MAX_WEIGHTS_BYTES = 4 * sum(map(math.prod, expected_tensors(_LARGEST).values()))
 
 
 # ---- config.json ----------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def check_config(config: Mapping[str, Any], path: Path, fmt: str) -> tuple[ForecasterConfig, NormaliserConfig]:
+def check_config(config: Mapping[str, Any], path: Path, fmt: str
+                 ) -> tuple[ForecasterConfig, NormaliserConfig]:
     """The architecture and normaliser of a config.json, every field checked (ArtifactError otherwise)."""
     if config.get("format") != fmt:
         raise ArtifactError(f"{path}: format {str(config.get('format'))[:64]!r}, expected {fmt!r}")
@@ -187,13 +189,14 @@ def _check_tensors(path: Path, header: dict[str, Any], expected: Mapping[str, tu
         raise ArtifactError(f"{path}: safetensors __metadata__ must map names to strings")
     names = set(header) - {"__metadata__"}
     if names != set(expected):
-        raise ArtifactError(f"{path}: tensors {sorted(names)[:8]} do not fit the architecture of config.json, "
-                            f"which needs {sorted(expected)}")
+        raise ArtifactError(f"{path}: tensors {sorted(names)[:8]} do not fit the architecture of "
+                            f"config.json, which needs {sorted(expected)}")
     spans = []
     for name, shape in expected.items():
         info = header[name]
         if not isinstance(info, dict) or info.get("dtype") != "F32" or info.get("shape") != list(shape):
-            raise ArtifactError(f"{path}: tensor {name} is {_shown(info)}; expected F32 of shape {list(shape)}")
+            raise ArtifactError(f"{path}: tensor {name} is {_shown(info)}; expected F32 of shape "
+                                f"{list(shape)}")
         offsets = info.get("data_offsets")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)

@@ -3,18 +3,15 @@
 Whatever is done to config.json or model.safetensors, `load` gives an `ArtifactError` that names the
 file and what is allowed, or a model equal to the shipped one: never another exception, and never an
 allocation beyond the stated bound (`ADDRESS_SPACE_SLACK`, enforced with RLIMIT_AS while fuzzing).
-The CLI turns the error into one line and exit status 2.
+The CLI turns the error into one line and exit status 2 (test_hostile_input.py runs `rnnwatch serve`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ SHIPPED = artifact.default_model_dir()
 CONFIG = json.loads((SHIPPED / artifact.CONFIG).read_text())
 WEIGHTS = (SHIPPED / artifact.WEIGHTS).read_bytes()
 REFERENCE = artifact.load()
-ADDRESS_SPACE_SLACK = 1 << 30  # what fuzzing may add to the process's address space (the largest model: 17 MB)
+ADDRESS_SPACE_SLACK = 1 << 30  # what fuzzing may add to the address space (the largest model: 17 MB)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -76,7 +73,8 @@ def bounded_memory() -> Iterator[None]:
 
 # ---- the poison pills of the issue ------------------------------------------------------------------------
 @pytest.mark.parametrize(("section", "key", "value", "message"), [
-    ("architecture", "hidden_size", 1e9, r"architecture.hidden_size is 1000000000.0; allowed: an integer in \[1, 1024\]"),
+    ("architecture", "hidden_size", 1e9,
+     r"architecture.hidden_size is 1000000000.0; allowed: an integer in \[1, 1024\]"),
     ("architecture", "hidden_size", 10**9, r"hidden_size .* in \[1, 1024\]"),
     ("architecture", "input_features", 10**9, r"input_features .* in \[2, 2\]"),
     ("architecture", "input_features", -5, r"input_features is -5"),
@@ -129,7 +127,8 @@ def test_the_shipped_model_still_loads_and_the_bound_is_what_the_docs_say():
 
 
 # ---- fuzzing ---------------------------------------------------------------------------------------------
-json_values = st.recursive(
+plausible = st.integers(-8, 70_000) | st.floats(-2.0, 2.0) | st.sampled_from(["lstm", True, 1e9, 2**31])
+json_values = plausible | st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
@@ -197,18 +196,3 @@ def test_any_weights_mutation_gives_a_clear_error_or_the_right_model(tmp_path, b
     if loaded is not None:
         assert_is_the_shipped_model(loaded)
 
-
-# ---- the command line ------------------------------------------------------------------------------------
-def test_serve_with_a_bad_model_exits_2_with_one_clear_line_and_no_traceback(tmp_path):
-    config = json.loads(json.dumps(CONFIG))
-    config["architecture"]["hidden_size"] = 1e9
-    bad = write(tmp_path / "model", config)
-    env = {**os.environ, "RNNWATCH_MODEL": str(bad), "RNNWATCH_DEVICE": "cpu", "RNNWATCH_METRICS_PORT": "0",
-           "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "serve"], env=env, capture_output=True,
-                          timeout=120, check=False)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("rnnwatch: error: ") and "hidden_size" in last and "[1, 1024]" in last, last

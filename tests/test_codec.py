@@ -282,3 +282,38 @@ def test_reason_labels_are_a_closed_set_of_snake_case_names():
     labels = [r.label for r in DeadLetterReason]
     assert len(set(labels)) == len(labels)
     assert all(label.isidentifier() and label.islower() for label in labels)
+
+
+# --- limits that protect the state: id and name lengths, timestamps from the future ------------------
+
+def test_a_device_id_over_the_limit_is_dead_lettered_even_when_the_key_matches():
+    long_id, fits = "é" * 129, "é" * 128  # 258 and 256 UTF-8 bytes
+    out = decode(_with(device_id=long_id), _with(device_id=fits), keys=[long_id.encode(), fits.encode()])
+    assert reasons(out) == ["device_id_too_long"] and "258 bytes > max 256" in out.dead_letters[0].detail
+    assert out.batch.device_ids == [fits]
+    assert reasons(decode(_with(device_id="x" * 70_000), keys=[None], max_device_id_bytes=65_535)) == [
+        "device_id_too_long"]
+
+
+def test_a_channel_name_over_the_limit_is_dead_lettered_and_never_cached():
+    long_name = {"n" * 129: 1.0, "ok": 2.0}
+    batch_form = orjson.dumps({"device_id": "d1", "readings": [{"ts": 1, "values": {"a": 1}},
+                                                               {"ts": 2, "values": long_name}]})
+    decoder = ReadingDecoder()
+    out = decoder.decode([RawRecord("t", 0, i, b"d1", v) for i, v in enumerate(
+        [_with(values=long_name), _with(values={"n" * 128: 1.0}), batch_form, _with(values=long_name)])])
+    assert reasons(out) == ["channel_name_too_long", "channel_name_too_long", "channel_name_too_long"]
+    assert "readings[1]." in out.dead_letters[1].detail
+    assert all(len(max(keys, key=len)) <= 128 for keys in decoder._sorted)
+
+
+def test_a_timestamp_too_far_ahead_of_the_clock_is_dead_lettered():
+    now = 1_800_000_000.0
+    decoder = ReadingDecoder(CodecLimits(max_future_s=300.0), clock=lambda: now)
+    values = [_with(ts=now + 299), _with(ts=now + 301), _with(ts="2999-12-31T23:59:59Z"),
+              encode_readings("d1", [(now, [1.0]), (now + 3600, [2.0])])]
+    out = decoder.decode([RawRecord("t", 0, i, b"d1", v) for i, v in enumerate(values)])
+    assert reasons(out) == ["future_timestamp"] * 3 and out.batch.offsets.tolist() == [0]
+    assert "301 s ahead" in out.dead_letters[0].detail and "readings[1]" in out.dead_letters[2].detail
+    replay = ReadingDecoder()  # no max_future_s: recorded data is replayed whatever its time
+    assert len(replay.decode([RawRecord("t", 0, 0, b"d1", values[2])]).batch) == 1

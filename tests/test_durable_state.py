@@ -222,7 +222,8 @@ def test_broker_restart_mid_stream_not_ready_then_resumes(embedded_broker, uniqu
     settings = replace(Settings.from_sources(None, {**env, "RNNWATCH_METRICS_PORT": "0"}),
                        metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=2,
                        consumer_lag_interval_s=1.0, publish_timeout_s=10.0)
-    before, after = fleet(50, 5_000, seed=1), fleet(50, 5_000, seed=2, start_ts=1.8e9)
+    # both in the past: a ts beyond RNNWATCH_MAX_FUTURE_S of the wall clock is dead-lettered
+    before, after = fleet(50, 5_000, seed=1), fleet(50, 5_000, seed=2, start_ts=1.75e9)
     with running_daemon(settings, stop_within_s=60) as daemon:
         wait_for(lambda: daemon.readiness()[0], 60, "daemon ready")
         produce_paced(bootstrap, settings.readings_topic, before, 2.0)

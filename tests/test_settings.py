@@ -104,3 +104,15 @@ def test_help_shows_each_default_and_variable_once_declared():
     assert helps["--torch-threads"].endswith("(default: 1; RNNWATCH_TORCH_THREADS)")
     assert helps["--max-message-bytes"].endswith(f"(default: {Settings().max_message_bytes})")  # CodecLimits'
     assert helps["--model"].endswith("(default: the shipped model; RNNWATCH_MODEL)")
+
+
+def test_hostile_input_limits_have_their_defaults_and_reach_the_decoder():
+    s = Settings.from_sources(parse(["--max-device-id-bytes", "64"]), {"RNNWATCH_MAX_FUTURE_S": "60",
+                                                                       "RNNWATCH_RESHAPE_AFTER": "2"})
+    limits = s.codec_limits
+    assert (limits.max_device_id_bytes, limits.max_channel_name_bytes, limits.max_future_s) == (64, 128, 60.0)
+    assert (limits.max_readings_per_message, s.clock_rebase_after, s.reshape_after) == (1_000, 20, 2)
+    for env in ({"RNNWATCH_MAX_FUTURE_S": "0"}, {"RNNWATCH_CLOCK_REBASE_AFTER": "0"},
+                {"RNNWATCH_RESHAPE_AFTER": "many"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            Settings.from_sources(parse([]), env)

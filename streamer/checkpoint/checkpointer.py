@@ -137,20 +137,20 @@ class Checkpointer:
         self.writer.write(tombstones, self.write_timeout_s)  # before states: a resend cannot reorder them
         for p in parts:
             self._tombstones.pop(p, None)
-        self._write_states(slots, values)
+        written = self._write_states(slots, values)
         offsets = {p: self._positions.pop(p) for p in parts if p in self._positions}
         if commit and offsets:
             self._commit(offsets)
         elapsed = time.perf_counter() - started
         self._observe(elapsed)
-        level = logging.INFO if len(slots) or tombstones else logging.DEBUG
+        level = logging.INFO if written or tombstones else logging.DEBUG
         log.log(level, "checkpoint of partitions %s: %d states, %d tombstones, offsets %s in %.3f s", parts,
-                len(slots), len(tombstones), offsets, elapsed,
-                extra={"states": len(slots), "tombstones": len(tombstones), "seconds": round(elapsed, 4)})
-        return len(slots)
+                written, len(tombstones), offsets, elapsed,
+                extra={"states": written, "tombstones": len(tombstones), "seconds": round(elapsed, 4)})
+        return written
 
-    def _write_states(self, slots: np.ndarray, values: list[bytes]) -> None:
-        """Write the states; one the broker refuses for what it is is quarantined, its tombstone written."""
+    def _write_states(self, slots: np.ndarray, values: list[bytes]) -> int:
+        """Write the states (return how many); one the broker refuses for what it is is quarantined."""
         store, cols = self.store, self.store.cols
         ids = [store.device_id(s) or "" for s in slots.tolist()]
         refused: list[tuple[Record, str]] = []
@@ -166,7 +166,8 @@ class Checkpointer:
                 cols[WRITTEN][slot] = bool(written_before[slots == slot].any())
                 tombstone = self._quarantine(slot, f"the broker refused its record: {why}")
                 tombstones += [tombstone] if tombstone is not None else []
-        self.writer.write(tombstones, self.write_timeout_s)
+        self.writer.write(tombstones, self.write_timeout_s)  # the state it had written must not come back
+        return len(slots) - len(refused)
 
     def _quarantine(self, slot: int, why: str) -> Record | None:
         """Never write this device's state again while it is held; the tombstone to write if it was."""

@@ -18,17 +18,13 @@ its original bytes once, and the detail names the readings (`readings[3, 4] of 1
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer.ingest.dead_letter import DeadLetter, DeadLetterReason, KafkaRecord
-from streamer.scoring.event_time import iso as _iso
+from streamer.scoring.event_time import iso
 from streamer.scoring.readings import DropReason, ReadingBatch
 from streamer.scoring.shape import describe
-
-if TYPE_CHECKING:
-    from streamer.scoring.state_store import StateStore
 
 DEAD_LETTERED: dict[DropReason, DeadLetterReason] = {
     DropReason.OUT_OF_ORDER: DeadLetterReason.OUT_OF_ORDER,
@@ -39,12 +35,11 @@ _CODES = np.array([int(code) for code in DEAD_LETTERED], dtype=np.uint8)
 _SHOWN = 8  # reading indices named in a detail
 
 
-def refusal_dead_letters(batch: ReadingBatch, status: np.ndarray, records: Iterable[KafkaRecord],
-                         store: StateStore | None = None) -> list[DeadLetter]:
+def refusal_dead_letters(batch: ReadingBatch, status: np.ndarray, records: Iterable[KafkaRecord]
+                         ) -> list[DeadLetter]:
     """Dead letters for the refused readings of `batch` (status (n,) `DropReason` values).
 
-    `records` are the polled records the batch was decoded from (found by partition and offset);
-    `store`, when given, lets the detail say what the device's clock and channels are.
+    `records` are the polled records the batch was decoded from (found by partition and offset).
     """
     rows = np.flatnonzero(np.isin(status, _CODES))
     if len(rows) == 0:
@@ -63,7 +58,7 @@ def refusal_dead_letters(batch: ReadingBatch, status: np.ndarray, records: Itera
         if record is None:  # not from this poll (replay, tests): nothing to dead-letter
             continue
         where = _where([row - first for row in refused], int(sizes[m]))
-        detail = where + _why(DropReason(code), batch, refused[0], store)
+        detail = where + _why(DropReason(code), batch, refused[0])
         out.append(DeadLetter(DEAD_LETTERED[DropReason(code)], detail, record))
     return out
 
@@ -75,22 +70,15 @@ def _where(indices: list[int], size: int) -> str:
     return f"readings[{shown}] ({len(indices)} of {size}): "
 
 
-def _why(reason: DropReason, batch: ReadingBatch, row: int, store: StateStore | None) -> str:
+def _why(reason: DropReason, batch: ReadingBatch, row: int) -> str:
     device = batch.device_ids[row]
-    slot = store.slot(device) if store is not None else None
-    known = store is not None and slot is not None
     if reason is DropReason.OUT_OF_ORDER:
-        clock = f" ({_iso(float(store.cols['last_ts'][slot]))})" if known else ""  # type: ignore[union-attr]
-        return (f"device {device[:64]!r}: ts {_iso(float(batch.ts[row]))} is not newer than the device's "
-                f"last reading{clock}; a device whose clock went back is re-based after "
-                "RNNWATCH_CLOCK_REBASE_AFTER readings in a row")
+        return (f"device {device[:64]!r}: ts {iso(float(batch.ts[row]))} is not newer than the device's "
+                "last reading; a device whose clock went back is re-based after RNNWATCH_CLOCK_REBASE_AFTER "
+                "readings in a row")
     if reason is DropReason.CHANNEL_MISMATCH:
         sent = describe((int(batch.n_channels[row]), batch.channels[row]))
-        held = ""
-        if store is not None and slot is not None:
-            shape = (int(store.cols["n_channels"][slot]), store.channel_names(slot))
-            held = f", the device has {describe(shape)}"
-        return (f"device {device[:64]!r}: reading has {sent}{held}; the device is re-initialised after "
-                "RNNWATCH_RESHAPE_AFTER readings in a row in one new channel set")
+        return (f"device {device[:64]!r}: the reading has {sent}, not the channels of the device's earlier "
+                "readings; the device is re-initialised after RNNWATCH_RESHAPE_AFTER readings in a row in "
+                "one new channel set")
     return f"device {device[:64]!r}: a value is NaN or infinite"
-

@@ -137,8 +137,7 @@ class Daemon:
         t0 = time.perf_counter()
         scored = state.admit_and_score(batch)
         latency = time.perf_counter() - t0  # rnnwatch_scoring_latency_seconds: the pipeline alone
-        store = getattr(self.pipeline, "store", None)
-        refused = refusal_dead_letters(batch, scored.status, polled.records, store)
+        refused = refusal_dead_letters(batch, scored.status, polled.records)
         publisher.publish_dead_letters([*dead_letters, *refused])
         publisher.publish_alerts(scored.events)
         publisher.publish_scores(batch, scored)

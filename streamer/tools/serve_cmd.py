@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(settings: Any) -> int:
     from streamer.scoring.factory import build_pipeline
+    from streamer.scoring.pipeline import PipelineConfig
     from streamer.service.daemon import Daemon
 
-    pipeline = build_pipeline(settings.model, settings.device, cpu_threads=settings.torch_threads)
+    config = PipelineConfig(rebase_after=settings.clock_rebase_after, reshape_after=settings.reshape_after)
+    pipeline = build_pipeline(settings.model, settings.device, config, cpu_threads=settings.torch_threads)
     daemon = Daemon(settings, pipeline)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
