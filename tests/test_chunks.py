@@ -110,3 +110,13 @@ def test_the_daemon_scores_a_big_poll_in_chunks_with_a_heartbeat_between_them():
     assert state.offsets == [{}, {}, {0: 5}]  # a poll's offsets go to the checkpointer after its last chunk
     assert publisher.calls[0] == ("dead", 1) and publisher.calls.count(("confirm", 0)) == 3
     assert daemon.accounting.totals["consumed"] == 302
+
+
+def test_bench_message_reports_the_chunks_of_the_worst_message(capsys):
+    from streamer.cli import main
+
+    assert main(["bench", "message", "--messages", "4", "--readings", "400", "--channels", "4", "--runs", "1",
+                 "--json"]) == 0
+    result = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["chunks"] == 2 and result["message_bytes"] > 400 * 4  # starts at 0, 400, 800 | 1200
+    assert result["longest_chunk_s"][0] > 0 and result["score_s"][1] >= result["first_chunk_s"][1]

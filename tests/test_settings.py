@@ -116,3 +116,28 @@ def test_hostile_input_limits_have_their_defaults_and_reach_the_decoder():
                 {"RNNWATCH_RESHAPE_AFTER": "many"}):
         with pytest.raises(ConfigError, match=next(iter(env))):
             Settings.from_sources(parse([]), env)
+
+
+def test_readme_bad_input_tables_list_every_reason_and_limit_with_its_default():
+    import re
+    from pathlib import Path
+
+    from streamer.ingest.dead_letter import DeadLetterReason
+    from streamer.scoring.readings import DropReason
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    reasons = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    assert reasons == {r.value for r in DeadLetterReason}
+    for drop in DropReason:
+        assert drop is DropReason.SCORED or f"`{drop.label}`" in section, drop
+    limits = dict(re.findall(r"^\| `([-\w]+)` \| ([\w.,]+) \|", section, re.M))
+    s = Settings()
+    for flag, value in {"--max-message-bytes": s.max_message_bytes,
+                        "--max-readings-per-message": s.max_readings_per_message,
+                        "--max-channels": s.max_channels, "--max-device-id-bytes": s.max_device_id_bytes,
+                        "--max-channel-name-bytes": s.max_channel_name_bytes,
+                        "RNNWATCH_MAX_FUTURE_S": s.max_future_s,
+                        "RNNWATCH_CLOCK_REBASE_AFTER": s.clock_rebase_after,
+                        "RNNWATCH_RESHAPE_AFTER": s.reshape_after}.items():
+        assert float(limits[flag]) == value, (flag, limits.get(flag), value)

@@ -1,10 +1,12 @@
-"""`rnnwatch bench {scoring,e2e,restore}`: benchmarks, each printing one JSON object with --json.
+"""`rnnwatch bench {scoring,e2e,restore,message}`: benchmarks, each printing one JSON object with --json.
 
 - `scoring`: the scoring pipeline alone against its bare recurrent cell (`streamer.tools.bench_scoring`).
 - `e2e`: the daemon on a real broker against the bare client's consume+decode rate, plus reading→alert
   latency (`streamer.tools.bench_e2e`).
 - `restore`: N device states written to a state changelog and restored, bytes per device
   (`streamer.tools.bench_restore`).
+- `message`: the worst message the limits allow, decoded and scored in the daemon's chunks
+  (`streamer.tools.bench_message`).
 
 Each benchmark module defines `add_arguments(parser)` and `run(args)`; they are imported only when
 their benchmark runs (they import torch), so their options are parsed then: `rnnwatch bench scoring
@@ -23,6 +25,7 @@ BENCHMARKS = {
     "scoring": ("streamer.tools.bench_scoring", "scoring pipeline vs bare recurrent cell, no Kafka"),
     "e2e": ("streamer.tools.bench_e2e", "daemon on a real broker vs raw consume+decode; alert latency"),
     "restore": ("streamer.tools.bench_restore", "write N device states to a changelog and restore them"),
+    "message": ("streamer.tools.bench_message", "the worst message the limits allow, scored in chunks"),
 }
 
 
