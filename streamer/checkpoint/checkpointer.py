@@ -131,8 +131,8 @@ class Checkpointer:
         slots = np.flatnonzero(store.live & cols[DIRTY] & mine & ~cols[QUARANTINED])
         slots, values, refused = encode_checkpointable(store, slots, self.model_version, self.log_id,
                                                        self.max_record_bytes)
-        tombstones = [(p, device, None) for p in parts for device in self._tombstones.get(p, ())
-                      if not self._rewritten(device)]
+        tombstones: list[Record] = [(p, device, None) for p in parts for device in self._tombstones.get(p, ())
+                                    if not self._rewritten(device)]
         tombstones += [t for slot, why in refused if (t := self._quarantine(slot, why)) is not None]
         self.writer.write(tombstones, self.write_timeout_s)  # before states: a resend cannot reorder them
         for p in parts:

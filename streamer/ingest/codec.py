@@ -323,7 +323,7 @@ def _timestamps(raw: Sequence[Any], flag: _Flag) -> np.ndarray:
 
 def _future(ts: np.ndarray, raw: Sequence[Any], now: float, max_future_s: float, flag: _Flag) -> None:
     """Flag every ts more than `max_future_s` ahead of `now`: it would become its device's clock."""
-    for row in np.flatnonzero(ts > now + max_future_s):
+    for row in np.flatnonzero(ts > now + max_future_s).tolist():
         flag(row, R.FUTURE_TIMESTAMP, f"ts {str(raw[row])[:64]!r} is {ts[row] - now:.0f} s ahead of this "
              f"service's clock (max {max_future_s:g} s, RNNWATCH_MAX_FUTURE_S); check the device's clock")
 

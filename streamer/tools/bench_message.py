@@ -57,7 +57,8 @@ def measure_once(args: argparse.Namespace) -> dict[str, float]:
         pipeline.score(decoded.batch.take(rows))
         times.append(time.perf_counter() - t0)
     return {"decode_s": decoded_at - started, "score_s": sum(times), "chunks": len(chunks),
-            "first_chunk_s": times[0], "longest_chunk_s": max(times), "message_bytes": len(records[0].value)}
+            "first_chunk_s": times[0], "longest_chunk_s": max(times),
+            "message_bytes": len(records[0].value or b"")}
 
 
 def run(args: argparse.Namespace) -> int:
