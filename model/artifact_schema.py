@@ -2,11 +2,12 @@
 
 An artifact may come from anywhere (`RNNWATCH_MODEL`), so nothing in it is trusted until checked:
 
-- `config.json`: at most `MAX_CONFIG_BYTES`, a JSON object; every field of `architecture` and
-  `normaliser` present (normaliser fields may be left out: their defaults apply), of its type and in
-  its range (`ARCHITECTURE_RANGES`, `NORMALISER_RANGES`); unknown fields there are refused (a typo
-  must not fall back to a default silently). A hidden size of 1e9 is refused here, before a GRU of
-  that size is built.
+- `config.json`: at most `MAX_CONFIG_BYTES`, a JSON object; every field of `architecture` present
+  (but `channel_independent`, which older artifacts carry and which must then be true) and of
+  `normaliser` (its fields may be left out: their defaults apply), of its type and in its range
+  (`ARCHITECTURE_RANGES`, `NORMALISER_RANGES`); unknown fields there are refused (a typo must not
+  fall back to a default silently). A hidden size of 1e9 is refused here, before a GRU of that size
+  is built.
 - `model.safetensors`: the header (8-byte length, then JSON of at most `MAX_HEADER_BYTES`) is read on
   its own and must name exactly the tensors the config implies (`expected_tensors`), each float32 of
   the implied shape, their byte ranges tiling the data without gap or overlap, and the file exactly
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,9 @@ ARCHITECTURE_RANGES: dict[str, Choice | Number] = {
     "cell": Choice(("gru", "lstm")),
     "hidden_size": Number(1, MAX_HIDDEN_SIZE, integer=True),
     "input_features": Number(INPUT_FEATURES, INPUT_FEATURES, integer=True),
-    "channel_independent": Choice((True,)),
+    "channel_independent": Choice((True,)),  # legacy: accepted when true, not stored (ForecasterConfig)
 }
+ARCHITECTURE_REQUIRED = ("cell", "hidden_size", "input_features")
 NORMALISER_RANGES: dict[str, Choice | Number] = {
     "alpha": Number(0.0, 1.0, low_open=True),
     "rel_floor": Number(0.0, 1.0),
@@ -128,21 +130,21 @@ def check_config(config: Mapping[str, Any], path: Path, fmt: str
     for name in ("training", "metrics"):
         if not isinstance(config.get(name, {}), dict):
             raise ArtifactError(f"{path}: {name} must be a JSON object")
-    arch = _section(config, "architecture", path, ARCHITECTURE_RANGES, required=True)
-    norm = _section(config, "normaliser", path, NORMALISER_RANGES, required=False)
+    arch = _section(config, "architecture", path, ARCHITECTURE_RANGES, required=ARCHITECTURE_REQUIRED)
+    norm = _section(config, "normaliser", path, NORMALISER_RANGES, required=())
     return ForecasterConfig(**arch), NormaliserConfig(**norm)
 
 
 def _section(config: Mapping[str, Any], name: str, path: Path, ranges: Mapping[str, Choice | Number], *,
-             required: bool) -> dict[str, Any]:
+             required: Iterable[str]) -> dict[str, Any]:
     section = config.get(name)
     if not isinstance(section, dict):
         raise ArtifactError(f"{path}: {name} must be a JSON object with {', '.join(ranges)}")
     unknown = sorted(set(section) - set(ranges))
     if unknown:
         raise ArtifactError(f"{path}: {name} has unknown fields {unknown[:5]}; allowed: {', '.join(ranges)}")
-    missing = [key for key in ranges if key not in section]
-    if required and missing:
+    missing = [key for key in required if key not in section]
+    if missing:
         raise ArtifactError(f"{path}: {name} lacks {', '.join(missing)}")
     out = {}
     for key, allowed in ranges.items():

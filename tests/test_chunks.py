@@ -59,13 +59,13 @@ TP = namedtuple("TP", "topic partition")
 
 
 class FakeState:
-    """The StateManager surface the daemon's loop uses: score, then applied."""
+    """The StateManager surface the daemon's loop uses: admit_and_score, then applied."""
 
     def __init__(self) -> None:
         self.scored: list[int] = []
         self.offsets: list[dict[int, int]] = []
 
-    def score(self, batch: ReadingBatch) -> ScoredBatch:
+    def admit_and_score(self, batch: ReadingBatch) -> ScoredBatch:
         self.scored.append(len(batch))
         n = len(batch)
         return ScoredBatch(np.zeros(n, np.float32), np.zeros(n, bool), np.zeros(n, np.uint8),

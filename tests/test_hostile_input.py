@@ -2,8 +2,9 @@
 
 Each test sends one pill with readings of well-behaved devices around it, then checks that the daemon is
 alive and ready, that checkpoints and offset commits advance, that the devices keep being scored, and
-that the bad input is in the dead-letter topic with its reason. The daemon runs in a thread with the
-helpers of test_daemon_e2e.py (checkpoints every second); a restart is a second daemon in the same group.
+that the bad input is in the dead-letter topic with its reason. The daemon runs in a thread
+(`harness.running_daemon`, with the helpers of test_daemon_e2e.py; checkpoints every second); a restart
+is a second daemon in the same group.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 
 import orjson
 import pytest
-from scrape import scrape
-from test_daemon_e2e import daemon_settings, pipeline_factory, produce, read_topic, running, wait_for
+from harness import running_daemon, scrape, wait_for
+from test_daemon_e2e import daemon_settings, pipeline_factory, produce, read_topic
 
 from streamer.ingest.dead_letter import parse_headers
 from streamer.service.daemon import Daemon
@@ -110,6 +111,12 @@ def watching(port: int, every_s: float = 0.25) -> Iterator[list[tuple[float, str
         thread.join(10)
 
 
+@contextmanager
+def running(settings: Settings, pipeline_factory: Callable[[], Any]) -> Iterator[Daemon]:
+    with running_daemon(settings, pipeline_factory(), ready_within_s=30) as daemon:
+        yield daemon
+
+
 def settings_for(kafka_bootstrap: str, name: Callable[[str], str], **overrides: Any) -> Settings:
     return daemon_settings(kafka_bootstrap, name, checkpoint_interval_s=1.0, **overrides)
 
@@ -120,14 +127,14 @@ def test_a_70_kb_device_id_is_dead_lettered_and_checkpoints_go_on(kafka_bootstra
     settings = settings_for(kafka_bootstrap, unique_topic_name)
     huge = "x" * 70_000
     records = [*steady("ok", 0, 5), reading(huge, T0 + 300, [1.0, 2.0]), *steady("ok", 5, 5)]
-    with running(settings, pipeline_factory()) as daemon:
+    with running(settings, pipeline_factory) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, records)
         wait_for(lambda: daemon.accounting.totals["consumed"] >= 11, 30, "every record consumed")
         metrics = assert_alive_ready_and_committing(daemon)
     assert metrics['rnnwatch_dead_letters_total{reason="device_id_too_long"}'] == 1
     (dead,) = dead_letters(settings)
     assert dead[0] == "device_id_too_long" and dead[1] == huge.encode() and "70000 bytes" in dead[2]["detail"]
-    with running(settings, pipeline_factory()) as daemon:  # after a restart: no replay into the same wall
+    with running(settings, pipeline_factory) as daemon:  # after a restart: no replay into the same wall
         produce(kafka_bootstrap, settings.readings_topic, steady("ok", 10, 5))
         wait_for(lambda: len(scored_ts(settings, "ok")) >= 15, 30, "the device scored after the restart")
         assert_alive_ready_and_committing(daemon)
@@ -139,7 +146,7 @@ def test_a_state_too_large_to_checkpoint_is_quarantined_and_the_others_are_writt
     """Any reason a state cannot be written: here 20,000 channels make a 3.6 MB record (limit 1 MB)."""
     settings = settings_for(kafka_bootstrap, unique_topic_name, max_channels=20_000)
     wide = [reading("wide", T0 + 60 * i, [float(i % 3)] * 20_000) for i in range(3)]
-    with running(settings, pipeline_factory()) as daemon:
+    with running(settings, pipeline_factory) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, [*steady("ok", 0, 5), *wide, *steady("ok", 5, 5)])
         wait_for(lambda: daemon.accounting.totals["scored"] >= 13, 30, "every reading scored")
         metrics = assert_alive_ready_and_committing(daemon)
@@ -156,13 +163,13 @@ def test_a_far_future_timestamp_is_dead_lettered_and_never_becomes_the_clock(
     settings = settings_for(kafka_bootstrap, unique_topic_name)
     future = reading("clk", "2999-12-31T23:59:59Z", [1.0, 2.0])
     records = [*steady("clk", 0, 5), future, *steady("clk", 5, 20)]
-    with running(settings, pipeline_factory()) as daemon:
+    with running(settings, pipeline_factory) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, records)
         wait_for(lambda: daemon.accounting.totals["consumed"] >= 26, 30, "every record consumed")
         metrics = assert_alive_ready_and_committing(daemon)
     assert metrics['rnnwatch_dead_letters_total{reason="future_timestamp"}'] == 1
     assert [d[0] for d in dead_letters(settings)] == ["future_timestamp"]
-    with running(settings, pipeline_factory()) as daemon:
+    with running(settings, pipeline_factory) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, steady("clk", 25, 5))
         wait_for(lambda: len(scored_ts(settings, "clk")) >= 30, 30, "scored after the restart")
         assert_alive_ready_and_committing(daemon)
@@ -174,7 +181,7 @@ def test_a_clock_that_went_back_is_rebased_and_the_readings_between_dead_lettere
     settings = settings_for(kafka_bootstrap, unique_topic_name)
     rebase_after = settings.clock_rebase_after
     back = [reading("gw", T0 - 86_400 + 60 * i, [1.0, 2.0]) for i in range(rebase_after + 5)]  # a day behind
-    with running(settings, pipeline_factory()) as daemon:
+    with running(settings, pipeline_factory) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, [*steady("gw", 0, 5), *back])
         wait_for(lambda: daemon.accounting.totals["consumed"] >= 5 + len(back), 30, "every record consumed")
         metrics = assert_alive_ready_and_committing(daemon)
@@ -203,7 +210,7 @@ def test_a_new_channel_shape_reinitialises_the_device_after_a_run(kafka_bootstra
     k, per_shape = settings.reshape_after, settings.reshape_after + 3
     records = [reading("shape", T0 + 60 * (s * per_shape + i), values(i))
                for s, (_, values) in enumerate(SHAPES) for i in range(per_shape)]
-    with running(settings, pipeline_factory()) as daemon:
+    with running(settings, pipeline_factory) as daemon:
         produce(kafka_bootstrap, settings.readings_topic, [*records, *steady("ok", 0, 5)])
         wait_for(lambda: daemon.accounting.totals["consumed"] >= len(records) + 5, 30, "all consumed")
         metrics = assert_alive_ready_and_committing(daemon)
@@ -232,7 +239,7 @@ def test_the_largest_allowed_message_keeps_the_loop_alive_and_others_scored_in_t
     settings = settings_for(kafka_bootstrap, unique_topic_name)
     others = [rec for d in range(20) for rec in steady(f"other-{d}", 0, 3)]
     big = [largest_message("big", settings, T0 + 10_000 * n) for n in range(4)]
-    with running(settings, pipeline_factory()) as daemon, watching(daemon.health.port) as failures:
+    with running(settings, pipeline_factory) as daemon, watching(daemon.health.port) as failures:
         sent = time.monotonic()
         produce(kafka_bootstrap, settings.readings_topic, [big[0], *others])
         wait_for(lambda: all(len(scored_ts(settings, f"other-{d}")) == 3 for d in range(20)),
@@ -256,7 +263,7 @@ def test_batch_messages_over_the_reading_limit_are_dead_lettered_and_others_scor
     settings = settings_for(kafka_bootstrap, unique_topic_name)
     stall = orjson.dumps({"device_id": "stall", "readings": [{"ts": T0 + i, "values": [1.0]}
                                                              for i in range(10_000)]})
-    with running(settings, pipeline_factory()) as daemon, watching(daemon.health.port) as failures:
+    with running(settings, pipeline_factory) as daemon, watching(daemon.health.port) as failures:
         produce(kafka_bootstrap, settings.readings_topic, [(b"stall", stall)] * 10 + steady("ok", 0, 5))
         wait_for(lambda: len(scored_ts(settings, "ok")) == 5, OTHERS_SCORED_WITHIN_S, "the others scored")
         metrics = assert_alive_ready_and_committing(daemon)
