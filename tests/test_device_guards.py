@@ -135,3 +135,10 @@ def test_the_run_lengths_must_be_positive(bad):
         pipeline(reshape_after=bad)
     with pytest.raises(ValueError, match="must be >= 1"):
         pipeline(rebase_after=bad)
+
+
+def test_a_reinitialised_device_keeps_the_checkpointers_bookkeeping():
+    from streamer.checkpoint import state_codec
+    from streamer.scoring import shape
+
+    assert shape.BOOKKEEPING_PREFIX == state_codec.BOOKKEEPING_PREFIX

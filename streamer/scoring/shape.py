@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 RESHAPE_AFTER = 5  # default of RNNWATCH_RESHAPE_AFTER
 KEEP_COLUMNS = frozenset({"row_start", "n_channels", "last_ts", "last_seen", "source_offset"})
+# the checkpointer's bookkeeping columns (streamer.checkpoint.state_codec.BOOKKEEPING_PREFIX, which
+# scoring does not import; tests/test_device_guards.py keeps the two equal)
+BOOKKEEPING_PREFIX = "ckpt_"
 Shape = tuple[int, "tuple[str, ...] | None"]  # (channel count, names or None for positional)
 
 
@@ -117,7 +120,7 @@ class ShapeTracker:
 
 def kept_columns(store: StateStore) -> set[str]:
     """What a re-initialised device keeps: identity, event time, offset, the checkpointer's bookkeeping."""
-    return {*KEEP_COLUMNS, *(name for name in store.columns if name.startswith("ckpt_"))}
+    return {*KEEP_COLUMNS, *(name for name in store.columns if name.startswith(BOOKKEEPING_PREFIX))}
 
 
 def describe(shape: Shape) -> str:
