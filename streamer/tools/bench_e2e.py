@@ -95,18 +95,26 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "torch_device": args.device,
         "crc32c_c_extension": _has_crc32c(),
     }
+    result.update(_optional_phases(args, settings, produced, run_id, daemon["rate"]))
+    return result
+
+
+def _optional_phases(args: argparse.Namespace, settings: Any, produced: int, run_id: str, rate: float
+                     ) -> dict[str, Any]:
+    """The client-variant rates (--client-variants) and reading->alert latency (unless --skip-latency)."""
+    out: dict[str, Any] = {}
     if args.client_variants:
-        result["raw_client_variants_readings_per_s"] = {
+        out["raw_client_variants_readings_per_s"] = {
             name: round(_raw_consume_decode(settings, produced, f"bench-raw-{name}-{run_id}", **variant), 1)
             for name, variant in CLIENT_VARIANTS.items()
         }
     if not args.skip_latency:
-        target = args.latency_fraction * daemon["rate"]
         lat_settings = replace(_group(settings, f"bench-lat-{run_id}"), readings_topic=f"bench.lat.{run_id}",
                                alerts_topic=f"bench.lat-alerts.{run_id}")
-        latency = _alert_latency(lat_settings, target, args.latency_seconds, args.devices, args.channels)
-        result["latency"] = {"rate_fraction": args.latency_fraction, **latency}
-    return result
+        latency = _alert_latency(lat_settings, args.latency_fraction * rate, args.latency_seconds,
+                                 args.devices, args.channels)
+        out["latency"] = {"rate_fraction": args.latency_fraction, **latency}
+    return out
 
 
 # ---- phase 1: produce ------------------------------------------------------------------------------

@@ -44,24 +44,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
+    """Write `args.devices` random states to a fresh changelog topic, restore them, time both."""
     import uuid
 
-    from streamer.checkpoint.changelog import (
-        ChangelogReader,
-        ChangelogWriter,
-        restore_consumer_factory,
-    )
-    from streamer.checkpoint.restore import Restorer
-    from streamer.checkpoint.state_codec import encode_states
     from streamer.kafka.admin import TopicSpec, ensure_topics
-    from streamer.kafka.client_config import KafkaClientSettings, producer_kwargs, producer_throughput_kwargs
-    from streamer.scoring.factory import build_pipeline
+    from streamer.kafka.client_config import KafkaClientSettings
 
     kafka = KafkaClientSettings(bootstrap, client_id="rnnwatch-bench")
     topic = f"bench-restore-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka, [TopicSpec(topic, args.partitions, {"cleanup.policy": "compact"})])
+    source, ids, written = _write_phase(args, kafka, topic)
+    restored = _restore_phase(args, kafka, topic, source.model_version)
+    _check_sample(source.store, restored.pop("store"), ids, args.seed)
+    return {
+        "benchmark": "restore", "devices": args.devices, "channels": args.channels,
+        "partitions": args.partitions, "model_version": source.model_version,
+        **written, **restored, "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "broker": "given" if args.bootstrap_servers else "embedded tansu",
+    }
+
+
+def _write_phase(args: argparse.Namespace, kafka: Any, topic: str) -> tuple[Any, list[str], dict[str, Any]]:
+    """Fill a store with random states, encode and write them: (source pipeline, ids, figures)."""
+    from streamer.checkpoint.changelog import ChangelogWriter
+    from streamer.checkpoint.state_codec import encode_states
+    from streamer.kafka.client_config import producer_kwargs, producer_throughput_kwargs
+    from streamer.scoring.factory import build_pipeline
+
     source = build_pipeline(None, "cpu")
-    version = source.model_version
     slots = _fill(source.store, args.devices, args.channels, args.seed)
 
     def producer() -> Any:
@@ -72,13 +82,25 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     writer = ChangelogWriter(producer, topic)
     partitions = np.arange(args.devices) % args.partitions
     started = time.perf_counter()
-    values = encode_states(source.store, slots, version)
+    values = encode_states(source.store, slots, source.model_version)
     encode_s = time.perf_counter() - started
     ids = [source.store.device_id(s) or "" for s in slots.tolist()]
     writer.write(zip(partitions.tolist(), ids, values, strict=True), timeout_s=120.0)
     write_s = time.perf_counter() - started
     writer.close()
-    del values
+    return source, ids, {
+        "bytes_per_device": round(writer.bytes_written / args.devices, 1),
+        "changelog_mb": round(writer.bytes_written / 2**20, 1),
+        "encode_s": round(encode_s, 2), "write_s": round(write_s, 2),
+        "write_states_per_s": round(args.devices / write_s),
+    }
+
+
+def _restore_phase(args: argparse.Namespace, kafka: Any, topic: str, version: str) -> dict[str, Any]:
+    """Restore every partition of the topic into a fresh store: figures, and the store under "store"."""
+    from streamer.checkpoint.changelog import ChangelogReader, restore_consumer_factory
+    from streamer.checkpoint.restore import Restorer
+    from streamer.scoring.factory import build_pipeline
 
     target = build_pipeline(None, "cpu")
     restorer = Restorer(target.store, ChangelogReader(restore_consumer_factory(kafka), topic), version,
@@ -89,19 +111,8 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     restore_s, restore_cpu_s = time.perf_counter() - started, _cpu_s() - cpu
     if restored != args.devices:
         raise AssertionError(f"restored {restored} devices, wrote {args.devices}")
-    _check_sample(source.store, target.store, ids, args.seed)
-    return {
-        "benchmark": "restore", "devices": args.devices, "channels": args.channels,
-        "partitions": args.partitions, "model_version": version,
-        "bytes_per_device": round(writer.bytes_written / args.devices, 1),
-        "changelog_mb": round(writer.bytes_written / 2**20, 1),
-        "encode_s": round(encode_s, 2), "write_s": round(write_s, 2),
-        "write_states_per_s": round(args.devices / write_s),
-        "restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
-        "restore_cpu_s": round(restore_cpu_s, 2), "load_avg_1m": round(os.getloadavg()[0], 2),
-        "cpus": os.cpu_count(),
-        "broker": "given" if args.bootstrap_servers else "embedded tansu",
-    }
+    return {"restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
+            "restore_cpu_s": round(restore_cpu_s, 2), "store": target.store}
 
 
 def _cpu_s() -> float:
