@@ -53,10 +53,8 @@ def normalise_and_update(
     mean: torch.Tensor,  # (R,) float64 (updated in place)
     var: torch.Tensor,  # (R,) float64 (updated in place)
     config: NormaliserConfig,
-    learn: torch.Tensor | None = None,  # (R,) bool, fold x in here (None: everywhere)
 ) -> torch.Tensor:
-    """Return z (R,) float32 for x under the current statistics, then fold x into them in place where
-    `learn` (a row whose device is in an open alert episode keeps the normal it had before it).
+    """Return z (R,) float32 for x under the current statistics, then fold x into them in place.
 
     A row with no history gets z = 0.
     """
@@ -64,13 +62,11 @@ def normalise_and_update(
     std = row_std(mean, var, config)
     z = torch.where(count > 0, (x64 - mean) / std, torch.zeros_like(x64))
     alpha = torch.clamp(1.0 / (count + 1.0), min=config.alpha)
-    if learn is not None:
-        alpha = torch.where(learn, alpha, 0.0)
     delta = x64 - mean
     mean.add_(alpha * delta)
     # West's EWMA variance update: var <- (1 - a) * (var + a * delta^2)
     var.mul_(1 - alpha).add_((1 - alpha) * alpha * delta * delta)
-    count.add_(1.0 if learn is None else learn.to(count.dtype))
+    count.add_(1.0)
     return z.to(torch.float32)
 
 
@@ -107,10 +103,9 @@ def day_residual_and_update(
     rows: torch.Tensor,  # (R,) int64, which profile rows these are
     bins: torch.Tensor,  # (R,) int64, time-of-day bin of each value
     rate: torch.Tensor,  # (R,) float32, from `day_rates`
-    learn: torch.Tensor | None = None,  # (R,) bool, fold z into the profile here (None: wherever seen)
 ) -> torch.Tensor:
-    """z minus its bin's profile (NaN for a bin never visited), then fold z into the bin where `seen`
-    and `learn`: (R,) float32."""
+    """z minus its bin's profile (NaN for a bin never visited), then fold z into the bin where `seen`:
+    (R,) float32."""
     flat = profile.view(-1)  # (R_all * DAY_BINS,)
     at = rows * DAY_BINS + bins  # (R,)
     p = flat[at].to(torch.float32)  # (R,)
@@ -118,8 +113,7 @@ def day_residual_and_update(
     resid = (z - p).masked_fill_(~(known & seen), float("nan"))
     learned = torch.where(known, p + rate * (z - p), z).to(profile.dtype)
     learned.masked_fill_(learned == _UNSEEN, _TINY)
-    keep = ~seen if learn is None else ~(seen & learn)
-    learned[keep] = p[keep].to(profile.dtype)
+    learned[~seen] = p[~seen].to(profile.dtype)
     flat[at] = learned
     return resid
 

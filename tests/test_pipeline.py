@@ -10,8 +10,10 @@ from model.artifact import ModelArtifact, load
 from model.forecaster import ForecasterConfig, RecurrentForecaster
 from model.normaliser import NormaliserConfig
 from streamer.scoring.alert_policy import AlertPolicyConfig
+from streamer.scoring.calibration import STATE_SIGNALS
 from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline, _wave_ranks
 from streamer.scoring.readings import DropReason, ReadingBatch
+from streamer.scoring.signals import Signal
 
 
 def _artifact(cell: str = "gru", seed: int = 0) -> ModelArtifact:
@@ -202,32 +204,61 @@ def test_permanent_shift_is_accepted_as_the_new_normal_after_the_maximum() -> No
     values = _sine_stream(3600, 11)
     values[at:] += 6
     policy = AlertPolicyConfig(max_episode_s=6 * 3600)
-    _, events = _episodes(ScoringPipeline(load(), PipelineConfig(policy=policy)), values)
+    pipe = ScoringPipeline(load(), PipelineConfig(policy=policy))
+    _, events = _episodes(pipe, values)
     assert [e.state for e in events] == ["firing", "resolved"], [(e.state, e.ts / 60) for e in events]
     assert events[1].reason == "accepted_new_normal"
     assert events[1].duration_s == pytest.approx(6 * 3600, abs=60)
+    slot = np.array([pipe.store.slot("dev")])
+    assert not pipe.calibrator.holding(pipe.store, slot).any()  # the hold ended ...
+    assert pipe.store.cols["cal_count"][slot[0], :Signal.RELATION].min() > 3000  # ... the live normal stays
 
 
 def test_a_firing_device_does_not_learn_the_fault_as_normal() -> None:
-    """Normaliser and calibration keep the normal of before the episode while it is open."""
+    """The alarm of an open episode judges against the normal held from just before it opened: that held
+    normaliser and calibration equal the live ones of before the fault and do not move while it lasts,
+    while the live ones (what the published score is measured against) go on learning the fault."""
     at = 1600
     values = _sine_stream(2200, 11)
     values[at:] += 6
     pipe = _shipped()
-    _episodes(pipe, values[: at + 50])
+    _episodes(pipe, values[:at])
     slot = pipe.store.slot("dev")
     rows = torch.from_numpy(pipe.store.rows_of(np.array([slot]))[0])
-    assert pipe.store.cols["alert_state"][slot] == 1
-    before = (pipe.store.cols["cal_mean"][slot].copy(), pipe.store.cols["cal_var"][slot].copy(),
-              pipe.store.rows["norm_mean"][rows].clone())
-    for start in range(at + 50, 2200, 50):
-        chunk = values[start : start + 50]
-        pipe.score(ReadingBatch.from_rows(["dev"] * len(chunk), 60.0 * np.arange(start, start + len(chunk)),
-                                          [[v] for v in chunk]))
-    assert pipe.store.cols["alert_state"][slot] == 1
-    np.testing.assert_array_equal(pipe.store.cols["cal_mean"][slot], before[0])
-    np.testing.assert_array_equal(pipe.store.cols["cal_var"][slot], before[1])
-    assert torch.equal(pipe.store.rows["norm_mean"][rows], before[2])
+    cols, rows_of = pipe.store.cols, pipe.store.rows
+    state = list(STATE_SIGNALS)
+    live_cal = cols["cal_mean"][slot][state].copy(), np.sqrt(cols["cal_var"][slot][state])
+    live_norm = rows_of["norm_mean"][rows].clone(), rows_of["norm_var"][rows].clone()
+    out = pipe.score(ReadingBatch.from_rows(["dev"], np.array([60.0 * at]), [[values[at]]]))
+    assert out.alerting[0] and cols["alert_state"][slot] == 1  # the fault's first reading opens it
+    held = (cols["cal_held_mean"][slot].copy(), cols["cal_held_std"][slot].copy(),
+            rows_of["held_mean"][rows].clone(), rows_of["held_sd"][rows].clone())
+    np.testing.assert_allclose(held[0], live_cal[0], rtol=1e-3)  # float16
+    floor = pipe.calibrator.config.min_std
+    np.testing.assert_allclose(held[1][:4], np.maximum(live_cal[1][:4], floor), rtol=1e-3)
+    assert np.isnan(held[1][4:]).all()  # one channel: no relation to hold
+    assert torch.equal(held[2], live_norm[0].to(torch.float32))
+    assert torch.allclose(held[3], live_norm[1].sqrt())
+
+    scores, _ = _episodes_from(pipe, values, at + 1)
+    assert cols["alert_state"][slot] == 1
+    np.testing.assert_array_equal(cols["cal_held_mean"][slot], held[0])
+    np.testing.assert_array_equal(cols["cal_held_std"][slot], held[1])
+    assert torch.equal(rows_of["held_mean"][rows], held[2]) and torch.equal(rows_of["held_sd"][rows], held[3])
+    assert float(rows_of["norm_mean"][rows][0] - live_norm[0][0]) > 1.0  # the live normal learned the shift
+    assert scores[-100:].max() < 0.5  # so the published score has faded while the alert stays open
+
+
+def _episodes_from(pipe: ScoringPipeline, values: np.ndarray, start: int) -> tuple[np.ndarray, list]:
+    """Score values[start:] on the 60 s timeline of `_episodes`, in chunks of 50."""
+    scores, events = [], []
+    for first in range(start, len(values), 50):
+        chunk = values[first : first + 50]
+        ts = 60.0 * np.arange(first, first + len(chunk))
+        out = pipe.score(ReadingBatch.from_rows(["dev"] * len(chunk), ts, [[v] for v in chunk]))
+        scores.append(out.scores)
+        events += out.events
+    return np.concatenate(scores), events
 
 
 def test_relation_only_fault_opens_an_episode() -> None:

@@ -7,17 +7,18 @@
 
 The *alarm* is the calibrated surprise of a reading against the device's normal (see `calibration`),
 and while an episode is open that normal is the one the device had *before* the episode: the pipeline
-stops the normaliser, the residual scale, the time-of-day profile, the relation model and the
-calibration from learning readings of a firing device. So a fault that persists keeps its alarm high
-and the episode open for as long as it lasts. The *held alarm* is an exponential average of the alarm
+holds the normaliser statistics and the calibration of the state signals from just before the opening
+reading and measures the alarm against them, while the live normal (what the published score ranks
+against) learns on. So a fault that persists keeps its alarm high and the episode open for as long as
+it lasts. The *held alarm* is an exponential average of the alarm
 (weight `hold_beta`), so a fault that only makes a channel noisier (alarms that come and go) holds the
 episode open too; it resolves only once the held alarm has stayed below `close_threshold` for
 `resolve_after` consecutive readings: the device is back to its old normal.
 
 A fault that never ends must not pin the old normal forever: after `max_episode_s` of event time the
-episode resolves with reason `accepted_new_normal`, and the pipeline re-learns the device's normal from
-the readings that follow (the device re-enters warm-up, as a new one does; its recurrent state and
-alert history are kept). Separate open and close levels give hysteresis; M-of-N confirmation trades a
+episode resolves with reason `accepted_new_normal`. Either way a close ends the hold, and the live
+normal, which has been learning the regime all along, is what the device's alarm measures against
+again (nothing re-warms). Separate open and close levels give hysteresis; M-of-N confirmation trades a
 little latency for fewer one-reading blips; the cooldown (event time) keeps a flapping sensor from
 paging every few minutes. Alert ids are a hash of (device, start time, model version), so replaying
 the same stream gives the same ids.

@@ -16,16 +16,20 @@ is squashed into [0, 1):
 The squash is monotone and never saturates, so scores keep their order (and a threshold sweep keeps
 its resolution) far into the tail.
 
-- Two outputs: the *alarm* (the squashed surprise, what the alert policy decides "abnormal now" on)
-  and the *score* (the published ranking, loud at onsets). Onset emphasis: each device remembers the
-  peak of its recent alarms, decaying by `peak_decay` per reading; a score that does not beat that
-  decayed peak is damped by `damp`. While the device's episode is open the peak does not decay and a
-  score counts only when its surprise exceeds `realert` times the peak's (the episode got worse);
-  otherwise it is damped by `damp_episode`. Surprise is capped at `z_max` sigma for ranking (a
+- Two outputs from two baselines. The *score* (the published ranking, loud at onsets) is the most
+  surprising signal against the device's *live* distributions, which learn every reading, in an
+  episode or not: a regime that persists fades from the ranking, so the next onset stands out. Onset
+  emphasis: each device remembers the peak of its recent live alarms, decaying by `peak_decay` per
+  reading; a score that does not beat that decayed peak is damped by `damp`. The *alarm* (what the
+  alert policy decides "abnormal now" on) is the same live surprise while the device has no held
+  normal; while its episode is open the pipeline has it *hold* the distributions of the state
+  signals (`STATE_SIGNALS`: those that measure where the device is, not how it changed) as they
+  were just before the episode opened (`hold`), and the alarm is their surprise against that held
+  normal, so a persistent fault keeps alarming however much the live distributions have learned it.
+  `release` ends the hold; on `recovered` the pipeline first rolls the live distributions of those
+  signals back to the held ones (the device is back to the normal of before; what they learned of
+  the fault would only blunt the next one). Surprise is capped at `z_max` sigma for ranking (a
   baseline that never varied makes every later value "infinitely" surprising).
-- Frozen normal: a device in an open episode (and past its maturity, see `pipeline`) does not fold
-  its evidence into these distributions, so a persistent fault keeps scoring against the normal of
-  before the episode instead of being learned as normal.
 - Warm-up: a signal scores 0 until it has learned from `warmup` readings of its device, so a device's
   first `skip + warmup` readings get score 0 (no alert can fire); the very first `skip` readings,
   taken while the normaliser itself is still settling, do not teach the distribution.
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.scoring.signals import SIGNALS
+from streamer.scoring.signals import SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
 
 
@@ -57,16 +61,24 @@ class CalibrationConfig:
     min_std: float = 1e-3  # floor of each signal's std (normalised units squared)
     peak_decay: float = 0.999  # per-reading decay of the remembered peak score
     damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
-    realert: float = 2.0  # inside an open episode a score counts only beyond this many times its peak sigma
-    damp_episode: float = 0.9  # fraction taken off a score inside an open episode that is not that much worse
 
 
+# the signals that say where the device is (not how it changed): what an open episode's alarm measures
+STATE_SIGNALS = (Signal.DEVIATION, Signal.LEVEL, Signal.VOLATILITY, Signal.REPEAT, Signal.RELATION,
+                 Signal.JOINT)
+_STATE = np.array(STATE_SIGNALS, dtype=np.int64)
+_HALF_MAX = float(np.finfo(np.float16).max)
+_F32_MAX = float(np.finfo(np.float32).max)
 
 COLUMNS: tuple[Column, ...] = (
     Column("cal_count", np.int16, width=SIGNALS),  # readings seen per signal, saturating
     Column("cal_mean", np.float32, width=SIGNALS),
     Column("cal_var", np.float32, width=SIGNALS, fill=1.0),
     Column("cal_peak", np.float32),
+    # the held normal of the state signals while an episode is open; std NaN: that signal not held
+    # (not warmed up when the episode opened); all NaN: no held normal
+    Column("cal_held_mean", np.float16, width=len(STATE_SIGNALS)),
+    Column("cal_held_std", np.float16, width=len(STATE_SIGNALS), fill=np.nan),
 )
 
 
@@ -76,13 +88,19 @@ def squash(z: np.ndarray, z_half: float) -> np.ndarray:
     return zp / (zp + z_half)
 
 
-def unsquash(score: np.ndarray, z_half: float) -> np.ndarray:
-    """The inverse of `squash` on [0, 1): score (...) -> sigma (...)."""
-    return z_half * score / np.maximum(1.0 - score, 1e-12)
+@dataclass(frozen=True)
+class Calibrated:
+    """What `Calibrator.score` makes of one wave's evidence (m devices)."""
+
+    alarm: np.ndarray  # (m,) in [0, 1): the held normal's surprise where one is held, else the live one
+    score: np.ndarray  # (m,) in [0, 1): the live surprise with onset emphasis (the published ranking)
+    signal: np.ndarray  # (m,) int, the signal that gave the alarm its value
+    live_alarm: np.ndarray  # (m,) the live surprise, what the peak memory remembers
 
 
 class Calibrator:
-    """Per-device evidence distributions with warm-up, onset emphasis and a protect gate."""
+    """Per-device evidence distributions (live, and held while an episode is open) with warm-up, onset
+    emphasis and a protect gate."""
 
     def __init__(self, config: CalibrationConfig | None = None) -> None:
         self.config = config or CalibrationConfig()
@@ -91,47 +109,89 @@ class Calibrator:
     def columns() -> tuple[Column, ...]:
         return COLUMNS
 
-    def update(self, store: StateStore, slots: np.ndarray, error: np.ndarray, learn: np.ndarray,
-               firing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Score then learn: slots (m,), error (m, SIGNALS) float >= 0 or NaN, learn (m,) bool ->
-        (alarm (m,), score (m,), both in [0, 1); the winning signal (m,) int). `firing` (m,) bool marks
-        devices whose alert episode is open: their score re-alerts only when the alarm gets worse.
+    @staticmethod
+    def holding(store: StateStore, slots: np.ndarray) -> np.ndarray:
+        """Whether each device holds a normal (its episode is open and it was mature when it opened):
+        (m,) -> (m,) bool."""
+        return np.isfinite(store.cols["cal_held_std"][slots]).any(axis=1)
 
-        Each signal is calibrated against its own distribution; `alarm` is the most surprising one
-        (what the alert policy decides on: is the device abnormal now), `score` the same damped unless
-        it beats the device's decayed recent peak (the ranking, loud at onsets). Only devices marked
-        `learn` (not in an open alert episode) fold this evidence into their distributions.
+    def score(self, store: StateStore, slots: np.ndarray, live: np.ndarray, held: np.ndarray
+              ) -> Calibrated:
+        """Score, learning nothing: slots (m,), evidence against the live normal `live` (m, SIGNALS) and
+        against the held one `held` (m, SIGNALS; only its STATE_SIGNALS columns are read, and only for
+        devices holding a normal), each float >= 0 or NaN.
+
+        Each signal is calibrated against its own distribution; the live alarm is the most surprising
+        one, the score the same damped unless it beats the device's decayed recent peak.
         """
         cfg = self.config
         cols = store.cols
         count = cols["cal_count"][slots].astype(np.int64)  # (m, SIGNALS)
         mean = cols["cal_mean"][slots].astype(np.float64)  # (m, SIGNALS)
+        std = np.maximum(np.sqrt(cols["cal_var"][slots].astype(np.float64)), cfg.min_std)  # (m, SIGNALS)
+        ready = count - cfg.skip >= cfg.warmup
+        signal, live_alarm = self._surprise(live, mean, std, ready)
+        peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay  # (m,)
+        scores = np.where(live_alarm > peak, live_alarm, live_alarm * (1.0 - cfg.damp))
+
+        holding = self.holding(store, slots)
+        alarm, winner = live_alarm.copy(), signal.copy()
+        if holding.any():
+            h_std = cols["cal_held_std"][slots[holding]].astype(np.float64)  # (h, K)
+            h_mean = cols["cal_held_mean"][slots[holding]].astype(np.float64)  # (h, K)
+            k, held_alarm = self._surprise(held[holding][:, _STATE], h_mean, np.maximum(h_std, cfg.min_std),
+                                           np.isfinite(h_std))
+            alarm[holding], winner[holding] = held_alarm, _STATE[k]
+        return Calibrated(alarm, scores, winner, live_alarm)
+
+    def _surprise(self, evidence: np.ndarray, mean: np.ndarray, std: np.ndarray, ready: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The most surprising signal (m,) and its squashed surprise (m,) of evidence (m, k) against
+        distributions mean, std (m, k); a signal not `ready` (m, k) or NaN scores 0."""
+        cfg = self.config
+        known = np.isfinite(evidence) & ready
+        z = np.where(known, np.minimum((np.where(known, evidence, 0.0) - mean) / std, cfg.z_max), 0.0)
+        best = z.argmax(axis=1)  # (m,)
+        return best, squash(z[np.arange(len(z)), best], cfg.z_half)
+
+    def learn(self, store: StateStore, slots: np.ndarray, live: np.ndarray, calibrated: Calibrated) -> None:
+        """Fold the live evidence (m, SIGNALS) into the live distributions (every device, every reading)
+        and the live alarm into the peak memory."""
+        cfg = self.config
+        cols = store.cols
+        count = cols["cal_count"][slots].astype(np.int64)  # (m, SIGNALS)
+        mean = cols["cal_mean"][slots].astype(np.float64)  # (m, SIGNALS)
         var = cols["cal_var"][slots].astype(np.float64)  # (m, SIGNALS)
-        evidence = error.astype(np.float64)
-        known = np.isfinite(evidence)
-        evidence = np.where(known, evidence, mean)
         std = np.maximum(np.sqrt(var), cfg.min_std)
-        z = (evidence - mean) / std
+        peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay
+        cols["cal_peak"][slots] = np.maximum(calibrated.live_alarm, peak)
+
+        known = np.isfinite(live)
+        evidence = np.where(known, live, mean)
         learned = count - cfg.skip  # errors already in the distribution
-        z = np.where(known & (learned >= cfg.warmup), np.minimum(z, cfg.z_max), 0.0)
-        signal = z.argmax(axis=1)  # (m,)
-        alarm = squash(z[np.arange(len(z)), signal], cfg.z_half)  # (m,)
-
-        held = cols["cal_peak"][slots].astype(np.float64)  # (m,)
-        peak = np.where(firing, held, held * cfg.peak_decay)  # an open episode's peak does not fade
-        worse = squash(cfg.realert * unsquash(peak, cfg.z_half), cfg.z_half)  # (m,)
-        scores = np.where(firing, np.where(alarm > worse, alarm, alarm * (1.0 - cfg.damp_episode)),
-                          np.where(alarm > peak, alarm, alarm * (1.0 - cfg.damp)))
-        cols["cal_peak"][slots] = np.maximum(alarm, peak)
-
-        taught = known & learn[:, None]
-        fold = taught & (count >= cfg.skip)
+        fold = known & (count >= cfg.skip)
         x = np.where(learned > cfg.warmup // 2, np.minimum(evidence, mean + cfg.protect_z * std), evidence)
         alpha = np.maximum(1.0 / (np.maximum(learned, 0) + 1.0), cfg.alpha)
         delta = x - mean
-        new_mean = mean + alpha * delta
-        new_var = (1 - alpha) * (var + alpha * delta * delta)
-        cols["cal_mean"][slots] = np.where(fold, new_mean, mean)
+        # float32 columns: a distribution that would overflow them saturates instead of becoming inf
+        cols["cal_mean"][slots] = np.where(fold, np.minimum(mean + alpha * delta, _F32_MAX), mean)
+        new_var = np.minimum((1 - alpha) * (var + alpha * delta * delta), _F32_MAX)
         cols["cal_var"][slots] = np.where(fold, new_var, var)
-        cols["cal_count"][slots] = np.minimum(count + taught, np.iinfo(np.int16).max)
-        return alarm, scores, signal
+        cols["cal_count"][slots] = np.minimum(count + known, np.iinfo(np.int16).max)
+
+    def hold(self, store: StateStore, slots: np.ndarray) -> None:
+        """Keep the live distributions of the state signals of these devices (m,) as their held normal
+        (call before `learn` folds in the reading that opened their episode). A signal not yet warmed
+        up is not held."""
+        cfg = self.config
+        cols = store.cols
+        mean = cols["cal_mean"][slots][:, _STATE].astype(np.float64)  # (m, K)
+        std = np.maximum(np.sqrt(cols["cal_var"][slots][:, _STATE].astype(np.float64)), cfg.min_std)
+        ready = cols["cal_count"][slots][:, _STATE].astype(np.int64) - cfg.skip >= cfg.warmup
+        cols["cal_held_mean"][slots] = np.clip(mean, -_HALF_MAX, _HALF_MAX)
+        cols["cal_held_std"][slots] = np.where(ready, np.minimum(std, _HALF_MAX), np.nan)
+
+    @staticmethod
+    def release(store: StateStore, slots: np.ndarray) -> None:
+        """End these devices' (m,) held normal: their alarm is the live surprise again."""
+        store.cols["cal_held_std"][slots] = np.nan

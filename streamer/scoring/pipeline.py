@@ -43,18 +43,15 @@ from streamer.scoring.alert_policy import (
     Transitions,
     alert_id,
 )
-from streamer.scoring.alert_policy import COLUMNS as ALERT_COLUMNS
-from streamer.scoring.calibration import CalibrationConfig, Calibrator
+from streamer.scoring.calibration import Calibrated, CalibrationConfig, Calibrator
 from streamer.scoring.event_time import REBASE_AFTER, EventClock
 from streamer.scoring.evidence import COLUMNS as EVIDENCE_COLUMNS
 from streamer.scoring.evidence import repeat_evidence, repeat_runs, standardise_and_update
 from streamer.scoring.readings import AlertEvent, ChannelAttribution, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import PER_CHANNEL, SIGNALS, Signal
-from streamer.scoring.state_store import CORE_COLUMNS, Column, StateStore
+from streamer.scoring.state_store import Column, StateStore
 
-# what a device keeps when it accepts a new normal: identity, event time, offsets and its alert history
-_KEEP_ON_ACCEPT = tuple(c.name for c in (*CORE_COLUMNS, *ALERT_COLUMNS) if c.name != "steps")
 _COLUMNS = (Column("learn_since", np.float64, fill=np.nan),)  # event time the device's normal began learning
 _COLUMN_OF = {sig: k for k, sig in enumerate(PER_CHANNEL)}  # Signal -> column of the per-channel table
 
@@ -64,7 +61,7 @@ class PipelineConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     policy: AlertPolicyConfig = field(default_factory=AlertPolicyConfig)
     gap_reset_s: float = math.inf  # reset a device's recurrent state after a silence this long
-    mature_s: float = 86400.0  # event time a device learns before an open episode freezes its normal
+    mature_s: float = 86400.0  # event time a device learns before an episode it opens holds its normal
     rebase_after: int = REBASE_AFTER  # readings in a row older than a device's clock re-base it
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
 
@@ -98,12 +95,13 @@ class _Wave:
     idx: np.ndarray  # (m,) positions in the batch
     slots: np.ndarray  # (m,) device slots
     ts: np.ndarray  # (m,) event time
-    normal: np.ndarray  # (m,) bool, no episode was open before this reading
-    learn: np.ndarray  # (m,) bool, the device learns from this reading: normal, or its normal is not mature
+    mature: np.ndarray  # (m,) bool, the device has learned its normal for mature_s: an episode may hold it
     layout: _Rows
     table: np.ndarray  # (r, len(PER_CHANNEL)) float64 per-channel evidence (NaN: none yet)
     above: np.ndarray  # (r,) bool, the value is above its forecast / its normal
-    evidence: np.ndarray  # (m, SIGNALS) what the calibration scores, largest over channels (NaN: none)
+    evidence: np.ndarray  # (m, SIGNALS) against the live normal, largest over channels (NaN: none)
+    held: np.ndarray  # (m, SIGNALS) against the held normal (devices holding one; NaN: not measured)
+    prior: tuple[torch.Tensor, torch.Tensor]  # (r,) float64 the rows' normaliser mean, var before this one
 
     def shares(self, signal: np.ndarray, c_max: int) -> np.ndarray:
         """Each channel's part in the winning signal (m,) Signal -> (m, c_max), zero past a device's
@@ -159,20 +157,28 @@ class ScoringPipeline:
                 wave = self._step(batch, idx, slots[idx], status)
                 if wave is None:
                     continue
-                alarm, wave_scores, signal = self.calibrator.update(self.store, wave.slots, wave.evidence,
-                                                                    wave.learn, ~wave.normal)
-                transitions = self.policy.update(self.store, wave.slots, alarm, wave.ts)
-                self._accept_new_normal(wave.slots[transitions.accepted])
-                shares = wave.shares(signal, batch.values.shape[1])  # (m, c_max)
-                scores[wave.idx] = wave_scores
+                cal, transitions = self._calibrate_and_decide(wave)
+                shares = wave.shares(cal.signal, batch.values.shape[1])  # (m, c_max)
+                scores[wave.idx] = cal.score
                 alerting[wave.idx] = transitions.firing
                 top[wave.idx] = shares.argmax(axis=1)
-                events.extend(self._events(batch, wave, alarm, transitions, shares))
+                events.extend(self._events(batch, wave, cal.alarm, transitions, shares))
         events.sort(key=lambda e: (e.offset, e.ts))
         rebased = self.clock.rebased - rebased
         return ScoredBatch(scores, alerting, status, top, events, n_waves, rebased, reshaped)
 
     # ---- steps of score() -----------------------------------------------------------------------
+    def _calibrate_and_decide(self, wave: _Wave) -> tuple[Calibrated, Transitions]:
+        """Score the wave's evidence, step the alert policy on the alarms, hold the normal of devices
+        that opened an episode past maturity (before this reading is learned), let the live
+        distributions learn it, and end the hold of episodes that closed."""
+        cal = self.calibrator.score(self.store, wave.slots, wave.evidence, wave.held)
+        transitions = self.policy.update(self.store, wave.slots, cal.alarm, wave.ts)
+        self._hold_normal(wave, transitions.opened[wave.mature[transitions.opened]])
+        self.calibrator.learn(self.store, wave.slots, wave.evidence, cal)
+        self.calibrator.release(self.store, wave.slots[np.r_[transitions.recovered, transitions.accepted]])
+        return cal, transitions
+
     def _validate(self, batch: ReadingBatch) -> tuple[np.ndarray, np.ndarray]:
         """Every reading's slot (n,) and its drop reason if decidable before stepping (n,) uint8."""
         slots, mismatch = self.store.slots_for(batch.device_ids, batch.n_channels, batch.channels)
@@ -196,26 +202,27 @@ class ScoringPipeline:
             return None
         idx, slots, ts, dt = admitted
         layout = self._layout(slots)
-        normal = ~self.policy.firing(self.store, slots)  # (m,)
-        learning = normal | self._immature(slots, ts)  # (m,)
+        mature = ~self._immature(slots, ts)  # (m,)
+        holding = torch.from_numpy(self.calibrator.holding(self.store, slots)[layout.owner]
+                                   ).to(self.device)  # (r,) bool, the device's episode holds its normal
         x = torch.from_numpy(batch.values[idx[layout.owner], layout.chan]).to(self.device)  # (r,)
-        learn = torch.from_numpy(learning[layout.owner]).to(self.device)  # (r,) bool
-        z, std, count = self._normalise(x, layout.rows, learn)
+        z, std, prior, count = self._normalise(x, layout.rows)
+        z_held = self._held_z(x, z, layout.rows, holding)  # (r,)
         first = torch.from_numpy(self.store.cols["steps"][slots][layout.owner] == 0).to(self.device)  # (r,)
         resid = self._forecast(z, first, layout.rows)
         self.store.cols["steps"][slots] += 1
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
-        table, device_level = self._evidence(x, z, std, resid, first, seen, learn, layout, slots, ts, dt)
-        evidence = np.empty((len(idx), SIGNALS))  # (m, SIGNALS)
-        evidence[:, list(PER_CHANNEL)] = np.fmax.reduceat(table, layout.starts, axis=0)  # the largest channel
-        for sig, values in device_level.items():
-            evidence[:, sig] = values
+        table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, holding, layout, slots,
+                                             ts, dt)
+        held_table = self._held_evidence(z_held, first, seen, holding, table, prior, std, layout.rows)
+        evidence, held = (_per_device(t, device_level, layout.starts) for t in (table, held_table))
         above = torch.where(first, z, resid).cpu().numpy() > 0
-        return _Wave(idx, slots, ts, normal, learning, layout, table, above, evidence)
+        return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior)
 
     def _immature(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Devices that have learned their normal for less than `mature_s` of event time (m,) bool: they
-        keep learning inside an episode, so a baseline that has not seen a whole cycle cannot lock."""
+        """Devices that have learned their normal for less than `mature_s` of event time (m,) bool: an
+        episode they open does not hold their normal (its alarm stays the live one), so a baseline that
+        has not seen a whole cycle cannot lock."""
         since = self.store.cols["learn_since"]
         fresh = np.isnan(since[slots])
         since[slots[fresh]] = ts[fresh]
@@ -249,17 +256,75 @@ class ScoringPipeline:
         chan = np.arange(len(rows)) - np.repeat(starts, n_ch)
         return _Rows(torch.from_numpy(rows).to(self.device), owner, chan, starts, n_ch)
 
-    def _normalise(self, x: torch.Tensor, rows: torch.Tensor, learn: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (r,) float32 of raw values x (r,) under each row's statistics, the raw units per unit of z
-        (r,) and the rows' value counts after this one; the statistics learn x where `learn`."""
+    def _normalise(self, x: torch.Tensor, rows: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """z (r,) float32 of raw values x (r,) under each row's live statistics, the raw units per unit
+        of z (r,), the statistics before this value (mean, var (r,) float64) and the rows' value counts
+        after it. The live statistics learn every value, in an episode or not (the held normal does not
+        move: see `_held_z`)."""
         rows_of = self.store.rows
         count, mean, var = (rows_of[k][rows] for k in ("norm_count", "norm_mean", "norm_var"))
         std = row_std(mean, var, self.normaliser).to(torch.float32)  # (r,)
-        z = normalise_and_update(x, count, mean, var, self.normaliser, learn)  # (r,)
+        prior = (mean.clone(), var.to(torch.float64))
+        z = normalise_and_update(x, count, mean, var, self.normaliser)  # (r,)
         for key, value in (("norm_count", count), ("norm_mean", mean), ("norm_var", var)):
             rows_of[key][rows] = value
-        return z, std, count
+        return z, std, prior, count
+
+    def _held_z(self, x: torch.Tensor, z: torch.Tensor, rows: torch.Tensor, holding: torch.Tensor
+                ) -> torch.Tensor:
+        """z (r,) of raw values x (r,) against the normaliser statistics held since the episode opened
+        where `holding` (r,), the live z elsewhere."""
+        if not bool(holding.any()):
+            return z
+        mean = self.store.rows["held_mean"][rows].to(torch.float64)  # (r,)
+        sd = self.store.rows["held_sd"][rows].to(torch.float64)  # (r,)
+        held = (x.to(torch.float64) - mean) / row_std(mean, sd * sd, self.normaliser)
+        return torch.where(holding, held.to(torch.float32), z)
+
+    def _held_evidence(self, z_held: torch.Tensor, first: torch.Tensor, seen: torch.Tensor,
+                       holding: torch.Tensor, table: np.ndarray, prior: tuple[torch.Tensor, torch.Tensor],
+                       std: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+        """The per-channel evidence against the held normal (r, len(PER_CHANNEL)): deviation of the held
+        z, and the short-term level and volatility of the held z, derived from the live ones by the
+        change of variables z_held = a z + b (a, b from the live and held statistics; exact while
+        they drift slowly over the ~1 / level_beta readings the averages span); relation as the live
+        table (it is fed the held z); the rest NaN, as are rows not `holding` (r,) (where none is, nothing
+        is computed)."""
+        out = np.full_like(table, np.nan)
+        if not bool(holding.any()):
+            return out
+        rows_of = self.store.rows
+        held_sd = rows_of["held_sd"][rows].to(torch.float64)  # (r,)
+        held_mean = rows_of["held_mean"][rows].to(torch.float64)
+        held_std = row_std(held_mean, held_sd * held_sd, self.normaliser)  # (r,)
+        a = std.to(torch.float64) / held_std
+        b = (prior[0] - held_mean) / held_std
+        level = rows_of["level"][rows].to(torch.float64)
+        vol = rows_of["vol"][rows].to(torch.float64)
+        h_level = (a * level + b).clamp(-Z_CLIP, Z_CLIP)
+        h_vol = (a * a * vol + 2 * a * b * level + b * b).clamp(0, Z_CLIP * Z_CLIP)
+        dev = torch.where(first, 0.0, z_held.to(torch.float64))
+        cols = {Signal.DEVIATION: dev * dev, Signal.LEVEL: torch.where(seen, h_level * h_level, torch.nan),
+                Signal.VOLATILITY: torch.where(seen, h_vol, torch.nan)}
+        for sig, value in cols.items():
+            out[:, _COLUMN_OF[sig]] = value.cpu().numpy()
+        out[:, _COLUMN_OF[Signal.RELATION]] = table[:, _COLUMN_OF[Signal.RELATION]]
+        out[~holding.cpu().numpy()] = np.nan
+        return out
+
+    def _hold_normal(self, wave: _Wave, opened: np.ndarray) -> None:
+        """The devices at these wave positions (k,) just opened an episode past maturity: hold their
+        normal as it was before this reading (normaliser mean and spread per row; the calibration of
+        the state signals)."""
+        if len(opened) == 0:
+            return
+        at = np.flatnonzero(np.isin(wave.layout.owner, opened))  # (k_r,) their rows among the wave's
+        pick = torch.from_numpy(at).to(self.device)
+        rows = wave.layout.rows[pick]
+        self.store.rows["held_mean"][rows] = wave.prior[0][pick].to(torch.float32)
+        self.store.rows["held_sd"][rows] = wave.prior[1][pick].clamp_min(0).sqrt().to(torch.float32)
+        self.calibrator.hold(self.store, wave.slots[opened])
 
     def _forecast(self, z: torch.Tensor, first: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The one-step forecast error of z (r,) (0 on a device's first step); steps the recurrent state."""
@@ -271,34 +336,34 @@ class ScoringPipeline:
         rows_of["pred"][rows] = pred
         return resid
 
-    def _evidence(self, x: torch.Tensor, z: torch.Tensor, std: torch.Tensor, resid: torch.Tensor,
-                  first: torch.Tensor, seen: torch.Tensor, learn: torch.Tensor, layout: _Rows,
-                  slots: np.ndarray, ts: np.ndarray, dt: np.ndarray
+    def _evidence(self, x: torch.Tensor, z: torch.Tensor, z_held: torch.Tensor, std: torch.Tensor,
+                  resid: torch.Tensor, first: torch.Tensor, seen: torch.Tensor, holding: torch.Tensor,
+                  layout: _Rows, slots: np.ndarray, ts: np.ndarray, dt: np.ndarray
                   ) -> tuple[np.ndarray, dict[Signal, np.ndarray]]:
         """The per-channel evidence table (r, len(PER_CHANNEL)) float64, squared, NaN where not available,
-        and the device-level signals {Signal: (m,)}; updates the evidence state of the rows."""
+        and the device-level signals {Signal: (m,)}; updates the evidence state of the rows. Everything
+        follows the live normal except the relation: its covariance is held with the rest of a held
+        normal (it does not learn, and it measures the held z)."""
         rows_of, rows = self.store.rows, layout.rows
-        normal_seen = seen & learn
         count = rows_of["norm_count"][rows]  # (r,) values each row's normaliser has learned
         run = repeat_runs(x, rows_of["last_value"], rows_of["repeat_run"], rows, count > 1, layout.starts)
         zc = z.clamp(-Z_CLIP, Z_CLIP)
         owner_t = layout.owner
         day_rate = torch.from_numpy(day_rates(dt, self.normaliser)[owner_t]).to(self.device)
         day_bin = torch.from_numpy(day_bins(ts)[owner_t]).to(self.device)
-        day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows, day_bin, day_rate,
-                                      learn)  # (r,)
+        day = day_residual_and_update(zc, seen, rows_of["day_profile"], rows, day_bin, day_rate)  # (r,)
         beta = self.normaliser.level_beta
         level = ewma_update(zc, seen, rows_of["level"], rows, beta)  # (r,)
         vol = ewma_update(zc * zc, seen, rows_of["vol"], rows, beta)  # (r,)
         resid_c = resid.clamp(-Z_CLIP, Z_CLIP)
         bias = ewma_update(resid_c, seen, rows_of["bias"], rows, beta)  # (r,)
-        scale = standardise_and_update(resid_c * std, normal_seen, count - self.normaliser.settle - 1,
+        scale = standardise_and_update(resid_c * std, seen, count - self.normaliser.settle - 1,
                                        rows_of["resid_var"], rows, self.normaliser.alpha)  # (r,) NaN: none
         dev = torch.where(first, 0.0, z)
         stacked = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
         per_row = stacked.to("cpu", torch.float64).numpy()
         per_row *= per_row  # (r, 5)
-        r2, joint = self._relation(zc, normal_seen, layout, count, slots)
+        r2, joint = self._relation(z_held.clamp(-Z_CLIP, Z_CLIP), seen & ~holding, layout, count, slots)
         table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), r2])  # (r, 7)
         return table, {Signal.REPEAT: repeat_evidence(run), Signal.JOINT: joint}
 
@@ -320,12 +385,6 @@ class ScoringPipeline:
             r2[at.cpu().numpy()] = rb.cpu().numpy()
             joint[pos] = db.cpu().numpy()
         return r2, joint
-
-    def _accept_new_normal(self, slots: np.ndarray) -> None:
-        """Devices whose episode outlived max_episode_s re-learn their normal from the readings to come:
-        a new device's state except identity, event time, offsets and alert history (see alert_policy)."""
-        if len(slots):
-            self.store.reset_devices(slots, keep=_KEEP_ON_ACCEPT)
 
     def _events(self, batch: ReadingBatch, wave: _Wave, alarm: np.ndarray, transitions: Transitions,
                 shares: np.ndarray) -> list[AlertEvent]:
@@ -370,6 +429,16 @@ class ScoringPipeline:
             ChannelAttribution(names[k], round(float(shares[k]), 6), "above" if above[k] else "below")
             for k in range(c)
         )
+
+
+def _per_device(table: np.ndarray, device_level: dict[Signal, np.ndarray], starts: np.ndarray) -> np.ndarray:
+    """Per-channel evidence (r, len(PER_CHANNEL)) and device-level signals -> (m, SIGNALS): the largest
+    channel of each per-channel signal."""
+    evidence = np.empty((len(starts), SIGNALS))
+    evidence[:, list(PER_CHANNEL)] = np.fmax.reduceat(table, starts, axis=0)
+    for sig, values in device_level.items():
+        evidence[:, sig] = values
+    return evidence
 
 
 def _wave_ranks(slots: np.ndarray) -> np.ndarray:

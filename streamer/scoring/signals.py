@@ -19,7 +19,7 @@ class Signal(enum.IntEnum):
 
     FORECAST = 0  # squared one-step forecast error, in units of the channel's usual error (`evidence`)
     BIAS = 1  # squared short-term average of that signed error: a forecast that keeps missing one way
-    DEVIATION = 2  # z^2: the value against the normaliser's running mean (frozen while an episode is open)
+    DEVIATION = 2  # z^2: the value against the normaliser's running mean (or the held one, see `calibration`)
     PROFILE = 3  # squared deviation of z from its time-of-day profile: a broken daily pattern
     LEVEL = 4  # squared short-term level of z: a sustained shift the one-step forecast stops seeing
     VOLATILITY = 5  # short-term mean of z^2: a channel that got noisier without moving its mean

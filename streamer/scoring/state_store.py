@@ -70,6 +70,8 @@ ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "last_value": (torch.float32, 1),  # previous raw value, for exact repeats (scoring.evidence)
     "repeat_run": (torch.int16, 1),  # consecutive exact repeats of the value, saturating (scoring.evidence)
     "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
+    "held_mean": (torch.float32, 1),  # normaliser mean held while the device's episode is open (pipeline)
+    "held_sd": (torch.float32, 1),  # normaliser spread (root of the variance) held with it
 }
 
 CORE_COLUMNS: tuple[Column, ...] = (
