@@ -319,3 +319,19 @@ def test_attribution_names_the_faulty_channel() -> None:
     assert abs(sum(c.share for c in firing[0].channels) - 1) < 1e-5
     assert max(shares.values(), key=lambda c: c.share).channel == "b"
     assert shares["b"].direction == "below"
+
+
+@pytest.mark.parametrize("margin", [0.05, float("inf")])
+def test_a_value_beyond_the_running_range_scores_high_at_once(margin: float) -> None:
+    """Bounded noise in [0, 1], then 1.2: beyond the running max by 20 % of the range, though only ~2.4
+    sigma from the mean. The out-of-range rule lifts it to at least `range_lift` (0.5); without the rule
+    (margin inf) the same reading scores well below it."""
+    pipe = ScoringPipeline(load(), PipelineConfig(range_margin=margin))
+    values = np.random.default_rng(3).uniform(0.0, 1.0, 2000)
+    pipe.score(ReadingBatch.from_rows(["dev"] * len(values), 60.0 * np.arange(len(values)),
+                                      [[v] for v in values]))
+    out = pipe.score(ReadingBatch.from_rows(["dev"], np.array([60.0 * len(values)]), [[1.2]]))
+    if margin < 1:
+        assert out.scores[0] >= 0.5
+    else:
+        assert out.scores[0] < 0.4

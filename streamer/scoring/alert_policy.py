@@ -41,6 +41,9 @@ IDLE, FIRING = 0, 1
 RECOVERED, ACCEPTED = "recovered", "accepted_new_normal"
 
 
+_BELOW_MAX = int(np.iinfo(np.uint8).max)  # the run back to normal saturates here (one byte per device)
+
+
 @dataclass(frozen=True)
 class AlertPolicyConfig:
     open_threshold: float = 0.5
@@ -59,8 +62,9 @@ class AlertPolicyConfig:
         if not 1 <= self.confirm_m <= self.confirm_n <= 32:
             raise ConfigError(f"alert confirmation needs 1 <= M <= N <= 32 (got {self.confirm_m} of "
                               f"{self.confirm_n})")
-        if self.resolve_after < 1 or not 0 < self.hold_beta <= 1:
-            raise ConfigError(f"alert resolve_after must be >= 1 and hold_beta in (0, 1] (got "
+        if not 1 <= self.resolve_after <= _BELOW_MAX or not 0 < self.hold_beta <= 1:
+            raise ConfigError(f"alert resolve_after must be in [1, {_BELOW_MAX}] and hold_beta in (0, 1] "
+                              "(got "
                               f"{self.resolve_after}, {self.hold_beta})")
         if not self.max_episode_s > 0 or math.isnan(self.max_episode_s):
             raise ConfigError(f"alert max_episode_s must be > 0 seconds (got {self.max_episode_s})")
@@ -69,8 +73,8 @@ class AlertPolicyConfig:
 COLUMNS: tuple[Column, ...] = (
     Column("alert_state", np.int8),
     Column("alert_hits", np.uint32),  # bit i set: the alarm i readings ago was >= open_threshold
-    Column("alert_below", np.int16),  # consecutive readings back to normal while firing (saturating)
-    Column("alert_hold", np.float32),  # held alarm: exponential average of the alarm
+    Column("alert_below", np.uint8),  # consecutive readings back to normal while firing (saturating)
+    Column("alert_hold", np.float16),  # held alarm: exponential average of the alarm
     Column("alert_started_at", np.float64, fill=np.nan),
     Column("alert_cooldown_until", np.float64, fill=-np.inf),
 )
@@ -117,7 +121,7 @@ class AlertPolicy:
         hold = cols["alert_hold"][slots].astype(np.float64)
         hold = np.where(state == FIRING, hold + cfg.hold_beta * (alarms - hold), alarms)
         normal = hold < cfg.close_threshold
-        below = np.where(normal, np.minimum(cols["alert_below"][slots].astype(np.int32) + 1, 2**15 - 1), 0)
+        below = np.where(normal, np.minimum(cols["alert_below"][slots].astype(np.int32) + 1, _BELOW_MAX), 0)
         started = cols["alert_started_at"][slots]
 
         opens = (state == IDLE) & confirmed & (ts >= cols["alert_cooldown_until"][slots])

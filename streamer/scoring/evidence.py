@@ -33,6 +33,7 @@ from streamer.scoring.state_store import Column
 
 SCALE_PROTECT = 100.0  # a squared error is learned as at most this many times the current scale
 SCALE_FLOOR = 1e-30  # a scale at or below this (a row that never erred) standardises nothing
+_HALF = float(torch.finfo(torch.float16).max)
 REPEAT_GRACE = 8  # readings of a repeat run that are not evidence (rounded values coincide now and then)
 
 COLUMNS: tuple[Column, ...] = ()  # per-row state: `last_value` and `repeat_run` (see state_store.ROW_FIELDS)
@@ -55,6 +56,30 @@ def standardise_and_update(
     rate = torch.clamp(1.0 / (learned + 1.0), min=weight).to(old.dtype)
     scale[rows] = torch.where(seen, old + rate * (bounded - old), old)
     return torch.where(known, old.sqrt(), torch.full_like(old, float("nan")))
+
+
+def range_excess_and_update(
+    z: torch.Tensor,  # (R,) float32, this reading's z under the statistics before it
+    seen: torch.Tensor,  # (R,) bool, the normaliser has settled: z means something
+    ready: torch.Tensor,  # (R,) bool, the extremes have learned long enough to judge
+    rescale: tuple[torch.Tensor, torch.Tensor],  # (R,) each, a and b: z_after = a * z_before + b
+    low: torch.Tensor,  # (R_all,) float16, every row's running minimum, in z of the current statistics
+    high: torch.Tensor,  # (R_all,) float16, every row's running maximum, likewise (updated in place)
+    rows: torch.Tensor,  # (R,) int64
+) -> torch.Tensor:
+    """How far z lies outside the row's running range [low, high], as a share of its width (R,) float32,
+    0 inside it or where not `ready`; then extend the range to z where `seen` and re-express it under
+    the normaliser's new statistics (the extremes stay where they were in raw units)."""
+    lo = low[rows].to(torch.float32)
+    hi = high[rows].to(torch.float32)
+    width = (hi - lo).clamp_min(1e-3)
+    excess = torch.maximum(z - hi, lo - z).clamp_min(0) / width
+    a, b = rescale
+    new_lo = torch.where(seen, torch.minimum(lo, z), lo) * a + b
+    new_hi = torch.where(seen, torch.maximum(hi, z), hi) * a + b
+    low[rows] = new_lo.clamp(-_HALF, _HALF).to(low.dtype)
+    high[rows] = new_hi.clamp(-_HALF, _HALF).to(high.dtype)
+    return torch.where(ready, excess, torch.zeros_like(excess))
 
 
 def repeat_runs(

@@ -46,13 +46,19 @@ from streamer.scoring.alert_policy import (
 from streamer.scoring.calibration import Calibrated, CalibrationConfig, Calibrator
 from streamer.scoring.event_time import REBASE_AFTER, EventClock
 from streamer.scoring.evidence import COLUMNS as EVIDENCE_COLUMNS
-from streamer.scoring.evidence import repeat_evidence, repeat_runs, standardise_and_update
+from streamer.scoring.evidence import (
+    range_excess_and_update,
+    repeat_evidence,
+    repeat_runs,
+    standardise_and_update,
+)
 from streamer.scoring.readings import AlertEvent, ChannelAttribution, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import PER_CHANNEL, SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
 
-_COLUMNS = (Column("learn_since", np.float64, fill=np.nan),)  # event time the device's normal began learning
+# event time the device's normal began learning: float32 epoch seconds (128 s steps) serve a one-day maturity
+_COLUMNS = (Column("learn_since", np.float32, fill=np.nan),)
 _COLUMN_OF = {sig: k for k, sig in enumerate(PER_CHANNEL)}  # Signal -> column of the per-channel table
 
 
@@ -64,6 +70,11 @@ class PipelineConfig:
     mature_s: float = 86400.0  # event time a device learns before an episode it opens holds its normal
     rebase_after: int = REBASE_AFTER  # readings in a row older than a device's clock re-base it
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
+    range_margin: float = 0.05  # a value beyond its running range by this share of the range is out of range
+    range_warmup: int = 60  # settled values a row's range learns before it judges
+    range_shrink: float = 0.0  # per-reading pull of the running extremes towards the mean
+    range_raw: bool = True
+    range_lift: float = 0.5  # an out-of-range reading scores at least lift + (1 - lift) * its score
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,6 +113,7 @@ class _Wave:
     evidence: np.ndarray  # (m, SIGNALS) against the live normal, largest over channels (NaN: none)
     held: np.ndarray  # (m, SIGNALS) against the held normal (devices holding one; NaN: not measured)
     prior: tuple[torch.Tensor, torch.Tensor]  # (r,) float64 the rows' normaliser mean, var before this one
+    excess: np.ndarray  # (m,) how far the device's farthest channel lies outside its running range (share)
 
     def shares(self, signal: np.ndarray, c_max: int) -> np.ndarray:
         """Each channel's part in the winning signal (m,) Signal -> (m, c_max), zero past a device's
@@ -173,6 +185,9 @@ class ScoringPipeline:
         that opened an episode past maturity (before this reading is learned), let the live
         distributions learn it, and end the hold of episodes that closed."""
         cal = self.calibrator.score(self.store, wave.slots, wave.evidence, wave.held)
+        lift = self.config.range_lift
+        out = wave.excess > self.config.range_margin  # (m,) out of range: the score is lifted at once
+        cal.score[out] = lift + (1 - lift) * cal.score[out]
         transitions = self.policy.update(self.store, wave.slots, cal.alarm, wave.ts)
         self._hold_normal(wave, transitions.opened[wave.mature[transitions.opened]])
         self.calibrator.learn(self.store, wave.slots, wave.evidence, cal)
@@ -210,14 +225,32 @@ class ScoringPipeline:
         z_held = self._held_z(x, z, layout.rows, holding)  # (r,)
         first = torch.from_numpy(self.store.cols["steps"][slots][layout.owner] == 0).to(self.device)  # (r,)
         resid = self._forecast(z, first, layout.rows)
-        self.store.cols["steps"][slots] += 1
+        steps = self.store.cols["steps"]
+        steps[slots] = np.minimum(steps[slots].astype(np.int64) + 1, np.iinfo(steps.dtype).max)
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
+        excess = self._range(z, seen, count, std, prior[0], layout)
         table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, holding, layout, slots,
                                              ts, dt)
         held_table = self._held_evidence(z_held, first, seen, holding, table, prior, std, layout.rows)
         evidence, held = (_per_device(t, device_level, layout.starts) for t in (table, held_table))
         above = torch.where(first, z, resid).cpu().numpy() > 0
-        return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior)
+        return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior, excess)
+
+    def _range(self, z: torch.Tensor, seen: torch.Tensor, count: torch.Tensor, std: torch.Tensor,
+               mean: torch.Tensor, layout: _Rows) -> np.ndarray:
+        """How far each device's farthest channel lies outside its running range (m,) (see
+        `range_excess_and_update`); the range is re-expressed in z of the normaliser statistics just
+        learned, from those before (mean (r,) float64, std (r,)), so it stays put in raw units."""
+        cfg = self.config
+        ready = count > self.normaliser.settle + cfg.range_warmup  # (r,)
+        rows_of = self.store.rows
+        new_mean = rows_of["norm_mean"][layout.rows]  # (r,) float64
+        new_std = row_std(new_mean, rows_of["norm_var"][layout.rows], self.normaliser)
+        rescale = ((std / new_std).to(torch.float32), ((mean - new_mean) / new_std).to(torch.float32))
+        excess = range_excess_and_update(z, seen, ready, rescale, rows_of["range_low"], rows_of["range_high"],
+                                         layout.rows)
+        per_row = excess.to("cpu", torch.float64).numpy()
+        return np.maximum.reduceat(per_row, layout.starts)
 
     def _immature(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Devices that have learned their normal for less than `mature_s` of event time (m,) bool: an
@@ -226,7 +259,7 @@ class ScoringPipeline:
         since = self.store.cols["learn_since"]
         fresh = np.isnan(since[slots])
         since[slots[fresh]] = ts[fresh]
-        return ts - since[slots] < self.config.mature_s
+        return ts - since[slots].astype(np.float64) < self.config.mature_s
 
     def _admit(self, batch: ReadingBatch, idx: np.ndarray, slots: np.ndarray, status: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:

@@ -70,6 +70,8 @@ ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "last_value": (torch.float32, 1),  # previous raw value, for exact repeats (scoring.evidence)
     "repeat_run": (torch.int16, 1),  # consecutive exact repeats of the value, saturating (scoring.evidence)
     "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
+    "range_low": (torch.float16, 1),  # running minimum, in z of the live normaliser (scoring.evidence)
+    "range_high": (torch.float16, 1),  # running maximum, likewise
     "held_mean": (torch.float32, 1),  # normaliser mean held while the device's episode is open (pipeline)
     "held_sd": (torch.float32, 1),  # normaliser spread (root of the variance) held with it
 }
@@ -80,7 +82,7 @@ CORE_COLUMNS: tuple[Column, ...] = (
     Column("last_ts", np.float64, fill=-np.inf),
     Column("last_seen", np.float64),  # wall-clock seconds of the last reading, for TTL and LRU
     Column("source_offset", np.int64, fill=-1),  # last applied Kafka offset (exactly-once state effect)
-    Column("steps", np.int32),  # readings applied to the recurrent state since the last reset
+    Column("steps", np.uint16),  # readings applied to the recurrent state since the last reset (saturating)
 )
 
 
@@ -102,7 +104,7 @@ class StateStore:
         self.device = torch.device(device)
         self.clock = clock or time.time
         self.block_fields: dict[str, Block] = {b.name: b for b in blocks}
-        starts = tuple(Column(b.start_column, np.int64) for b in self.block_fields.values())
+        starts = tuple(Column(b.start_column, np.int32) for b in self.block_fields.values())
         self.columns: dict[str, Column] = {c.name: c for c in (*CORE_COLUMNS, *starts, *columns)}
         self.blocks: dict[str, torch.Tensor] = {
             b.name: torch.zeros(max(1, initial_devices) * b.cells(4), dtype=b.dtype, device=self.device)
