@@ -10,10 +10,11 @@ from model.artifact import ModelArtifact, load
 from model.forecaster import ForecasterConfig, RecurrentForecaster
 from model.normaliser import NormaliserConfig
 from streamer.scoring.alert_policy import AlertPolicyConfig
-from streamer.scoring.calibration import STATE_SIGNALS
+from streamer.scoring.calibration import STATE_SIGNALS, CalibrationConfig, Calibrator
 from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline, _wave_ranks
 from streamer.scoring.readings import DropReason, ReadingBatch
-from streamer.scoring.signals import Signal
+from streamer.scoring.signals import SIGNALS, Signal
+from streamer.scoring.state_store import StateStore
 
 
 def _artifact(cell: str = "gru", seed: int = 0) -> ModelArtifact:
@@ -335,3 +336,16 @@ def test_a_value_beyond_the_running_range_scores_high_at_once(margin: float) -> 
         assert out.scores[0] >= 0.5
     else:
         assert out.scores[0] < 0.4
+
+
+def test_the_onset_memory_learns_the_lifted_score() -> None:
+    """An out-of-range reading that calibrates quiet still scores >= range_lift, and the peak memory
+    learns that lifted score (so a reading after it that is only as loud is damped)."""
+    cal = Calibrator(CalibrationConfig())
+    store = StateStore(4, columns=Calibrator.columns())
+    slots, _ = store.slots_for(["d"], np.array([1], np.int16), [None])
+    quiet = np.zeros((1, SIGNALS))
+    first = cal.score(store, slots, quiet, quiet, np.array([True]))
+    assert first.score[0] >= cal.config.range_lift and first.alarm[0] == 0.0
+    cal.learn(store, slots, quiet, first)
+    assert store.cols["cal_peak"][slots][0] >= cal.config.range_lift

@@ -30,6 +30,9 @@ its resolution) far into the tail.
   signals back to the held ones (the device is back to the normal of before; what they learned of
   the fault would only blunt the next one). Surprise is capped at `z_max` sigma for ranking (a
   baseline that never varied makes every later value "infinitely" surprising).
+- Out-of-range lift (score only): a reading the pipeline finds outside its device's running range
+  (`evidence.range_excess_and_update`) scores at least `range_lift` at once, whatever its calibrated
+  surprise, and the peak memory learns that lifted score.
 - Warm-up: a signal scores 0 until it has learned from `warmup` readings of its device, so a device's
   first `skip + warmup` readings get score 0 (no alert can fire); the very first `skip` readings,
   taken while the normaliser itself is still settling, do not teach the distribution.
@@ -61,6 +64,7 @@ class CalibrationConfig:
     min_std: float = 1e-3  # floor of each signal's std (normalised units squared)
     peak_decay: float = 0.999  # per-reading decay of the remembered peak score
     damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
+    range_lift: float = 0.5  # an out-of-range reading scores at least lift + (1 - lift) * its score
 
 
 # the signals that say where the device is (not how it changed): what an open episode's alarm measures
@@ -95,7 +99,7 @@ class Calibrated:
     alarm: np.ndarray  # (m,) in [0, 1): the held normal's surprise where one is held, else the live one
     score: np.ndarray  # (m,) in [0, 1): the live surprise with onset emphasis (the published ranking)
     signal: np.ndarray  # (m,) int, the signal that gave the alarm its value
-    live_alarm: np.ndarray  # (m,) the live surprise, what the peak memory remembers
+    remembered: np.ndarray  # (m,) what the peak memory learns: the live surprise, or the lifted score
 
 
 class Calibrator:
@@ -115,14 +119,17 @@ class Calibrator:
         (m,) -> (m,) bool."""
         return np.isfinite(store.cols["cal_held_std"][slots]).any(axis=1)
 
-    def score(self, store: StateStore, slots: np.ndarray, live: np.ndarray, held: np.ndarray
-              ) -> Calibrated:
+    def score(self, store: StateStore, slots: np.ndarray, live: np.ndarray, held: np.ndarray,
+              out_of_range: np.ndarray | None = None) -> Calibrated:
         """Score, learning nothing: slots (m,), evidence against the live normal `live` (m, SIGNALS) and
         against the held one `held` (m, SIGNALS; only its STATE_SIGNALS columns are read, and only for
-        devices holding a normal), each float >= 0 or NaN.
+        devices holding a normal), each float >= 0 or NaN; `out_of_range` (m,) bool: the reading lies
+        outside its device's running range (see `evidence.range_excess_and_update`).
 
         Each signal is calibrated against its own distribution; the live alarm is the most surprising
-        one, the score the same damped unless it beats the device's decayed recent peak.
+        one, the score the same damped unless it beats the device's decayed recent peak, then lifted
+        to at least `range_lift` where out of range (the peak remembers the lifted score, so the
+        readings after it are damped as after any onset). The alarm is not lifted.
         """
         cfg = self.config
         cols = store.cols
@@ -133,6 +140,10 @@ class Calibrator:
         signal, live_alarm = self._surprise(live, mean, std, ready)
         peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay  # (m,)
         scores = np.where(live_alarm > peak, live_alarm, live_alarm * (1.0 - cfg.damp))
+        remembered = live_alarm
+        if out_of_range is not None and out_of_range.any():
+            scores = np.where(out_of_range, cfg.range_lift + (1.0 - cfg.range_lift) * scores, scores)
+            remembered = np.where(out_of_range, np.maximum(live_alarm, scores), live_alarm)
 
         holding = self.holding(store, slots)
         alarm, winner = live_alarm.copy(), signal.copy()
@@ -142,7 +153,7 @@ class Calibrator:
             k, held_alarm = self._surprise(held[holding][:, _STATE], h_mean, np.maximum(h_std, cfg.min_std),
                                            np.isfinite(h_std))
             alarm[holding], winner[holding] = held_alarm, _STATE[k]
-        return Calibrated(alarm, scores, winner, live_alarm)
+        return Calibrated(alarm, scores, winner, remembered)
 
     def _surprise(self, evidence: np.ndarray, mean: np.ndarray, std: np.ndarray, ready: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +167,7 @@ class Calibrator:
 
     def learn(self, store: StateStore, slots: np.ndarray, live: np.ndarray, calibrated: Calibrated) -> None:
         """Fold the live evidence (m, SIGNALS) into the live distributions (every device, every reading)
-        and the live alarm into the peak memory."""
+        and the live alarm (or lifted score) into the peak memory."""
         cfg = self.config
         cols = store.cols
         count = cols["cal_count"][slots].astype(np.int64)  # (m, SIGNALS)
@@ -164,7 +175,7 @@ class Calibrator:
         var = cols["cal_var"][slots].astype(np.float64)  # (m, SIGNALS)
         std = np.maximum(np.sqrt(var), cfg.min_std)
         peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay
-        cols["cal_peak"][slots] = np.maximum(calibrated.live_alarm, peak)
+        cols["cal_peak"][slots] = np.maximum(calibrated.remembered, peak)
 
         known = np.isfinite(live)
         evidence = np.where(known, live, mean)

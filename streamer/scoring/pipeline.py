@@ -70,11 +70,10 @@ class PipelineConfig:
     mature_s: float = 86400.0  # event time a device learns before an episode it opens holds its normal
     rebase_after: int = REBASE_AFTER  # readings in a row older than a device's clock re-base it
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
-    range_margin: float = 0.05  # a value beyond its running range by this share of the range is out of range
+    range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
     range_shrink: float = 0.0  # per-reading pull of the running extremes towards the mean
     range_raw: bool = True
-    range_lift: float = 0.5  # an out-of-range reading scores at least lift + (1 - lift) * its score
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,10 +183,8 @@ class ScoringPipeline:
         """Score the wave's evidence, step the alert policy on the alarms, hold the normal of devices
         that opened an episode past maturity (before this reading is learned), let the live
         distributions learn it, and end the hold of episodes that closed."""
-        cal = self.calibrator.score(self.store, wave.slots, wave.evidence, wave.held)
-        lift = self.config.range_lift
-        out = wave.excess > self.config.range_margin  # (m,) out of range: the score is lifted at once
-        cal.score[out] = lift + (1 - lift) * cal.score[out]
+        out_of_range = wave.excess > self.config.range_margin  # (m,) bool
+        cal = self.calibrator.score(self.store, wave.slots, wave.evidence, wave.held, out_of_range)
         transitions = self.policy.update(self.store, wave.slots, cal.alarm, wave.ts)
         self._hold_normal(wave, transitions.opened[wave.mature[transitions.opened]])
         self.calibrator.learn(self.store, wave.slots, wave.evidence, cal)
