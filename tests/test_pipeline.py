@@ -345,6 +345,12 @@ def test_the_onset_memory_learns_the_lifted_score() -> None:
     store = StateStore(4, columns=Calibrator.columns())
     slots, _ = store.slots_for(["d"], np.array([1], np.int16), [None])
     quiet = np.zeros((1, SIGNALS))
+    cold = cal.score(store, slots, quiet, quiet, np.array([True]))
+    assert cold.score[0] == 0.0, "warm-up: a device whose calibration has not learned scores 0"
+    rng = np.random.default_rng(0)
+    for _ in range(cal.config.skip + cal.config.warmup):  # warm the calibration up on ordinary evidence
+        noise = rng.random((1, SIGNALS))
+        cal.learn(store, slots, noise, cal.score(store, slots, noise, noise, np.array([False])))
     first = cal.score(store, slots, quiet, quiet, np.array([True]))
     assert first.score[0] >= cal.config.range_lift and first.alarm[0] == 0.0
     cal.learn(store, slots, quiet, first)

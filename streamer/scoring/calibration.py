@@ -142,6 +142,8 @@ class Calibrator:
         scores = np.where(live_alarm > peak, live_alarm, live_alarm * (1.0 - cfg.damp))
         remembered = live_alarm
         if out_of_range is not None and out_of_range.any():
+            out_of_range = out_of_range & ready.any(axis=1)  # warm-up holds for the lift too: a device
+            # whose calibration restarted (a model change) scores 0 until it has learned again
             scores = np.where(out_of_range, cfg.range_lift + (1.0 - cfg.range_lift) * scores, scores)
             remembered = np.where(out_of_range, np.maximum(live_alarm, scores), live_alarm)
 
