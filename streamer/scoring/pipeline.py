@@ -72,8 +72,6 @@ class PipelineConfig:
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
     range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
-    range_shrink: float = 0.0  # per-reading pull of the running extremes towards the mean
-    range_raw: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
