@@ -150,6 +150,7 @@ class Prometheus:
         self._log.close()
 
 
+@pytest.mark.slow  # a real Prometheus server and daemon: integration, not a unit test
 def test_prometheus_scrapes_the_metrics_endpoint(
     tmp_path: Path, metrics_endpoint: tuple[Metrics, int]
 ) -> None:

@@ -293,7 +293,7 @@ def test_four_channel_state_fits_in_one_kib() -> None:
 
 
 def test_alert_ids_are_deterministic_across_replays() -> None:
-    values = _sine_stream(2500, 11, spike_at=1500)
+    values = _sine_stream(900, 11, spike_at=600)
     _, first = _episodes(_shipped(), values)
     _, second = _episodes(_shipped(), values)
     assert first and [e.alert_id for e in first] == [e.alert_id for e in second]
