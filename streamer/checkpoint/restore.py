@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from streamer.checkpoint.changelog import ChangelogReader
 from streamer.checkpoint.state_codec import (
@@ -39,9 +38,10 @@ from streamer.checkpoint.state_codec import (
     StateSchema,
     decode_state,
     install_states,
-    is_bookkeeping,
 )
 from streamer.errors import StateError
+from streamer.scoring.event_time import NORMALISER_ROWS
+from streamer.scoring.shape import kept_columns
 from streamer.scoring.state_store import StateStore
 
 if TYPE_CHECKING:
@@ -49,33 +49,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEEP_COLUMNS = frozenset({"row_start", "n_channels", "last_ts", "last_seen", "source_offset"})
-# block start columns (e.g. relation_start) are kept too: they locate cells, they are not state
-NORMALISER_ROWS = frozenset({"norm_count", "norm_mean", "norm_var"})
 _MISSING = object()
 Installed = Callable[[np.ndarray, int, np.ndarray], None]  # (slots, partition, re-entered warm-up mask)
 
 
 def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.ndarray | bool = True) -> None:
-    """Reset these devices to a new device's state except channels, event time, offset, normaliser."""
+    """Reset these devices to a new device's state except channels, event time, offset and (where
+    `keep_normaliser`) the normaliser; the relation model is learned on the model's inputs: re-learned."""
     if len(slots) == 0:
         return
-    for col in store.columns.values():
-        kept = col.name in KEEP_COLUMNS or is_bookkeeping(col.name) or _locates(store, col.name)
-        if not kept:
-            store.cols[col.name][slots] = col.fill
     keep = np.broadcast_to(np.asarray(keep_normaliser, dtype=bool), slots.shape)
-    for part, names in ((slots[keep], set(store.rows) - NORMALISER_ROWS), (slots[~keep], set(store.rows))):
-        if len(part):
-            rows = torch.from_numpy(store.rows_of(part)[0]).to(store.device)
-            for name in names:
-                store.rows[name][rows] = 0
-    for name in store.block_fields:  # the relation model is learned on the model's inputs: re-learn it
-        store.blocks[name][torch.from_numpy(store.cells_of(slots, name)).to(store.device)] = 0
-
-
-def _locates(store: StateStore, column: str) -> bool:
-    return any(b.start_column == column for b in store.block_fields.values())
+    kept = kept_columns(store)
+    if keep.any():
+        store.reset_devices(slots[keep], keep=kept, keep_rows=NORMALISER_ROWS)
+    if not keep.all():
+        store.reset_devices(slots[~keep], keep=kept)
 
 
 class Restorer:
