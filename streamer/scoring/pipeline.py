@@ -217,7 +217,8 @@ class ScoringPipeline:
                                    ).to(self.device)  # (r,) bool, the device's episode holds its normal
         x = torch.from_numpy(batch.values[idx[layout.owner], layout.chan]).to(self.device)  # (r,)
         z, std, prior, count = self._normalise(x, layout.rows)
-        z_held = self._held_z(x, z, layout.rows, holding)  # (r,)
+        held_normal = self._held_normal(layout.rows) if bool(holding.any()) else None
+        z_held = self._held_z(x, z, held_normal, holding)  # (r,)
         first = torch.from_numpy(self.store.cols["steps"][slots][layout.owner] == 0).to(self.device)  # (r,)
         resid = self._forecast(z, first, layout.rows)
         steps = self.store.cols["steps"]
@@ -226,7 +227,8 @@ class ScoringPipeline:
         excess = self._range(z, seen, count, std, prior[0], layout)
         table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, holding, layout, slots,
                                              ts, dt)
-        held_table = self._held_evidence(z_held, first, seen, holding, table, prior, std, layout.rows)
+        held_table = self._held_evidence(z_held, first, seen, holding, table, prior, std, layout.rows,
+                                         held_normal)
         evidence, held = (_per_device(t, device_level, layout.starts) for t in (table, held_table))
         above = torch.where(first, z, resid).cpu().numpy() > 0
         return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior, excess)
@@ -299,33 +301,38 @@ class ScoringPipeline:
             rows_of[key][rows] = value
         return z, std, prior, count
 
-    def _held_z(self, x: torch.Tensor, z: torch.Tensor, rows: torch.Tensor, holding: torch.Tensor
-                ) -> torch.Tensor:
-        """z (r,) of raw values x (r,) against the normaliser statistics held since the episode opened
-        where `holding` (r,), the live z elsewhere."""
-        if not bool(holding.any()):
-            return z
+    def _held_normal(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normaliser mean and scale (as `row_std` floors it) held since each row's episode opened:
+        rows (r,) -> (mean (r,), std (r,)) float64 (meaningful only where the device holds)."""
         mean = self.store.rows["held_mean"][rows].to(torch.float64)  # (r,)
         sd = self.store.rows["held_sd"][rows].to(torch.float64)  # (r,)
-        held = (x.to(torch.float64) - mean) / row_std(mean, sd * sd, self.normaliser)
-        return torch.where(holding, held.to(torch.float32), z)
+        return mean, row_std(mean, sd * sd, self.normaliser)
+
+    @staticmethod
+    def _held_z(x: torch.Tensor, z: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor] | None,
+                holding: torch.Tensor) -> torch.Tensor:
+        """z (r,) of raw values x (r,) against the held normal (mean, std) where `holding` (r,), the live
+        z elsewhere (and everywhere when nothing is held: `held` None)."""
+        if held is None:
+            return z
+        mean, std = held
+        return torch.where(holding, ((x.to(torch.float64) - mean) / std).to(torch.float32), z)
 
     def _held_evidence(self, z_held: torch.Tensor, first: torch.Tensor, seen: torch.Tensor,
                        holding: torch.Tensor, table: np.ndarray, prior: tuple[torch.Tensor, torch.Tensor],
-                       std: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+                       std: torch.Tensor, rows: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor] | None
+                       ) -> np.ndarray:
         """The per-channel evidence against the held normal (r, len(PER_CHANNEL)): deviation of the held
         z, and the short-term level and volatility of the held z, derived from the live ones by the
         change of variables z_held = a z + b (a, b from the live and held statistics; exact while
         they drift slowly over the ~1 / level_beta readings the averages span); relation as the live
-        table (it is fed the held z); the rest NaN, as are rows not `holding` (r,) (where none is, nothing
-        is computed)."""
+        table (it is fed the held z); the rest NaN, as are rows not `holding` (r,) (where none is,
+        `held` is None and nothing is computed)."""
         out = np.full_like(table, np.nan)
-        if not bool(holding.any()):
+        if held is None:
             return out
         rows_of = self.store.rows
-        held_sd = rows_of["held_sd"][rows].to(torch.float64)  # (r,)
-        held_mean = rows_of["held_mean"][rows].to(torch.float64)
-        held_std = row_std(held_mean, held_sd * held_sd, self.normaliser)  # (r,)
+        held_mean, held_std = held  # (r,), (r,)
         a = std.to(torch.float64) / held_std
         b = (prior[0] - held_mean) / held_std
         level = rows_of["level"][rows].to(torch.float64)
