@@ -29,14 +29,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamer.scoring.state_store import Column
-
 SCALE_PROTECT = 100.0  # a squared error is learned as at most this many times the current scale
 SCALE_FLOOR = 1e-30  # a scale at or below this (a row that never erred) standardises nothing
 _HALF = float(torch.finfo(torch.float16).max)
 REPEAT_GRACE = 8  # readings of a repeat run that are not evidence (rounded values coincide now and then)
 
-COLUMNS: tuple[Column, ...] = ()  # per-row state: `last_value` and `repeat_run` (see state_store.ROW_FIELDS)
+# Per-row state only: `last_value` and `repeat_run` (see state_store.ROW_FIELDS); no per-device columns.
 
 
 def standardise_and_update(

@@ -45,7 +45,6 @@ from streamer.scoring.alert_policy import (
 )
 from streamer.scoring.calibration import Calibrated, CalibrationConfig, Calibrator
 from streamer.scoring.event_time import REBASE_AFTER, EventClock
-from streamer.scoring.evidence import COLUMNS as EVIDENCE_COLUMNS
 from streamer.scoring.evidence import (
     range_excess_and_update,
     repeat_evidence,
@@ -141,7 +140,7 @@ class ScoringPipeline:
         self.policy = AlertPolicy(self.config.policy)
         self.store = store or StateStore(
             self.model.config.state_size,
-            columns=(*EVIDENCE_COLUMNS, *Calibrator.columns(), *AlertPolicy.columns(), *_COLUMNS),
+            columns=(*Calibrator.columns(), *AlertPolicy.columns(), *_COLUMNS),
             device=self.device,
             blocks=relation.BLOCKS,
         )
