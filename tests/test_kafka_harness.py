@@ -147,7 +147,11 @@ def test_stop_frees_the_port(embedded_broker: EmbeddedBroker) -> None:
     embedded_broker.stop()
     assert not embedded_broker.running
     with socket.socket() as sock:
+        # SO_REUSEADDR, as every server sets it: the closed connections of the stopped broker may linger
+        # in TIME_WAIT (CI saw EADDRINUSE without it), while a live listener still refuses the bind.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+        sock.listen()
 
 
 def test_taken_port_is_refused_with_a_hint() -> None:
