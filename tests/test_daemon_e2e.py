@@ -219,7 +219,7 @@ def alert_quality(fleet: Any, alerts: list[dict[str, Any]], grace_steps: int = 1
         detected += bool(hits)
         episodes += len(hits)
         explained.update((fault.device_id, t) for t in hits)
-    coverage = [_covered(fault, _open_spans(alerts, fault.device_id, float(fleet.ts[-1]) + period))
+    coverage = [_covered(fault, _open_spans(alerts, fault.device_id, float(fleet.ts[-1]) + period), period)
                 for fault in fleet.faults]
     free = set(fleet.fault_free_devices)
     days = float(fleet.ts[-1] - fleet.ts[0] + period) / 86_400.0
@@ -252,10 +252,12 @@ def _open_spans(alerts: list[dict[str, Any]], device_id: str, end: float) -> lis
     return [*spans, (opened, end)] if opened is not None else spans
 
 
-def _covered(fault: Any, spans: list[tuple[float, float]]) -> float:
-    """Share of the fault's duration [start_ts, end_ts] inside the open spans."""
-    length = max(fault.end_ts - fault.start_ts, 1e-9)
-    return sum(max(0.0, min(b, fault.end_ts) - max(a, fault.start_ts)) for a, b in spans) / length
+def _covered(fault: Any, spans: list[tuple[float, float]], period: float) -> float:
+    """Share of the fault's duration inside the open spans. A fault lasts from its first affected
+    sample to one period after its last (`end_ts` is that sample's timestamp), so a one-sample spike
+    lasts one period and is covered when its own reading alerts."""
+    end = fault.end_ts + period
+    return sum(max(0.0, min(b, end) - max(a, fault.start_ts)) for a, b in spans) / (end - fault.start_ts)
 
 
 def replay_events(fleet: Any, pipeline: Any) -> list[tuple[str, str, float]]:
