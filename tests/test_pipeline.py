@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -355,3 +357,30 @@ def test_the_onset_memory_learns_the_lifted_score() -> None:
     assert first.score[0] >= cal.config.range_lift and first.alarm[0] == 0.0
     cal.learn(store, slots, quiet, first)
     assert store.cols["cal_peak"][slots][0] >= cal.config.range_lift
+
+
+def test_a_young_firing_device_keeps_its_relation_covariance() -> None:
+    """A device too young to hold a normal still does not teach its channels' covariance the fault while
+    its episode is open: the cells stay as they were at the opening reading, and learn again after."""
+    rng = np.random.default_rng(5)
+    n, at = 1200, 900
+    common = 2 * np.sin(2 * np.pi * np.arange(n) / 150)
+    a, b = common + rng.normal(0, 0.1, n), common + rng.normal(0, 0.1, n)
+    b[at:] = -common[at:] + rng.normal(0, 0.1, n - at)
+    values = np.stack([a, b], 1)
+    pipe = ScoringPipeline(load(), PipelineConfig(mature_s=math.inf))  # never old enough to hold
+    slot, opened_cells, frozen = None, None, []
+    for i in range(n):
+        pipe.score(ReadingBatch.from_rows(["young"], np.array([60.0 * i]), [values[i].tolist()],
+                                          channels=[("a", "b")]))
+        slot = pipe.store.slot("young")
+        cells = pipe.store.blocks["relation"][torch.from_numpy(pipe.store.cells_of(np.array([slot]),
+                                                                                   "relation"))].clone()
+        firing = pipe.store.cols["alert_state"][slot] == 1
+        assert not pipe.calibrator.holding(pipe.store, np.array([slot])).any()
+        if firing and opened_cells is None:
+            opened_cells = cells
+        elif firing:
+            frozen.append(torch.equal(cells, opened_cells))
+    assert opened_cells is not None and len(frozen) > 10, "the relation break opened no episode"
+    assert all(frozen)

@@ -224,7 +224,8 @@ class ScoringPipeline:
         steps[slots] = np.minimum(steps[slots].astype(np.int64) + 1, np.iinfo(steps.dtype).max)
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
         excess = self._range(z, seen, count, std, prior[0], layout)
-        table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, holding, layout, slots,
+        firing = torch.from_numpy(AlertPolicy.firing(self.store, slots)[layout.owner]).to(self.device)  # (r,)
+        table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, firing, layout, slots,
                                              ts, dt)
         held_table = self._held_evidence(z_held, first, seen, holding, table, prior, std, layout.rows,
                                          held_normal)
@@ -371,13 +372,14 @@ class ScoringPipeline:
         return resid
 
     def _evidence(self, x: torch.Tensor, z: torch.Tensor, z_held: torch.Tensor, std: torch.Tensor,
-                  resid: torch.Tensor, first: torch.Tensor, seen: torch.Tensor, holding: torch.Tensor,
+                  resid: torch.Tensor, first: torch.Tensor, seen: torch.Tensor, firing: torch.Tensor,
                   layout: _Rows, slots: np.ndarray, ts: np.ndarray, dt: np.ndarray
                   ) -> tuple[np.ndarray, dict[Signal, np.ndarray]]:
         """The per-channel evidence table (r, len(PER_CHANNEL)) float64, squared, NaN where not available,
         and the device-level signals {Signal: (m,)}; updates the evidence state of the rows. Everything
-        follows the live normal except the relation: its covariance is held with the rest of a held
-        normal (it does not learn, and it measures the held z)."""
+        follows the live normal except the relation: its covariance does not learn while the device's
+        episode is open (`firing` (r,): with a held normal, where it measures the held z, or without one,
+        on a device too young to hold: either way the fault is not taught as how the channels relate)."""
         rows_of, rows = self.store.rows, layout.rows
         count = rows_of["norm_count"][rows]  # (r,) values each row's normaliser has learned
         run = repeat_runs(x, rows_of["last_value"], rows_of["repeat_run"], rows, count > 1, layout.starts)
@@ -397,7 +399,7 @@ class ScoringPipeline:
         stacked = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
         per_row = stacked.to("cpu", torch.float64).numpy()
         per_row *= per_row  # (r, 5)
-        r2, joint = self._relation(z_held.clamp(-Z_CLIP, Z_CLIP), seen & ~holding, layout, count, slots)
+        r2, joint = self._relation(z_held.clamp(-Z_CLIP, Z_CLIP), seen & ~firing, layout, count, slots)
         table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), r2])  # (r, 7)
         return table, {Signal.REPEAT: repeat_evidence(run), Signal.JOINT: joint}
 
