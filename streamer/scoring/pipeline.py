@@ -35,14 +35,8 @@ from model.normaliser import (
 )
 from streamer.errors import ConfigError
 from streamer.scoring import relation
-from streamer.scoring.alert_policy import (
-    ACCEPTED,
-    RECOVERED,
-    AlertPolicy,
-    AlertPolicyConfig,
-    Transitions,
-    alert_id,
-)
+from streamer.scoring.alert_events import WaveReadings, wave_events
+from streamer.scoring.alert_policy import AlertPolicy, AlertPolicyConfig, Transitions
 from streamer.scoring.calibration import Calibrated, CalibrationConfig, Calibrator
 from streamer.scoring.event_time import REBASE_AFTER, EventClock
 from streamer.scoring.evidence import (
@@ -51,14 +45,14 @@ from streamer.scoring.evidence import (
     repeat_runs,
     standardise_and_update,
 )
-from streamer.scoring.readings import AlertEvent, ChannelAttribution, DropReason, ReadingBatch, ScoredBatch
+from streamer.scoring.held_normal import held_evidence, held_statistics, held_z, hold_rows
+from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
-from streamer.scoring.signals import PER_CHANNEL, SIGNALS, Signal
+from streamer.scoring.signals import COLUMN_OF, PER_CHANNEL, SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
 
 # event time the device's normal began learning: float32 epoch seconds (128 s steps) serve a one-day maturity
 _COLUMNS = (Column("learn_since", np.float32, fill=np.nan),)
-_COLUMN_OF = {sig: k for k, sig in enumerate(PER_CHANNEL)}  # Signal -> column of the per-channel table
 
 
 @dataclass(frozen=True)
@@ -114,7 +108,7 @@ class _Wave:
     def shares(self, signal: np.ndarray, c_max: int) -> np.ndarray:
         """Each channel's part in the winning signal (m,) Signal -> (m, c_max), zero past a device's
         channels. A device-level signal (repeat run, joint distance) is attributed by forecast error."""
-        column = np.array([_COLUMN_OF.get(Signal(int(s)), 0) for s in range(SIGNALS)])[signal]  # (m,)
+        column = np.array([COLUMN_OF.get(Signal(int(s)), 0) for s in range(SIGNALS)])[signal]  # (m,)
         lay = self.layout
         out = np.zeros((len(self.idx), c_max))
         out[lay.owner, lay.chan] = np.nan_to_num(self.table[np.arange(len(lay.owner)), column[lay.owner]])
@@ -170,7 +164,9 @@ class ScoringPipeline:
                 scores[wave.idx] = cal.score
                 alerting[wave.idx] = transitions.firing
                 top[wave.idx] = shares.argmax(axis=1)
-                events.extend(self._events(batch, wave, cal.alarm, transitions, shares))
+                readings = WaveReadings(wave.idx, wave.slots, wave.ts, wave.layout.starts, wave.above)
+                events.extend(wave_events(batch, readings, cal.alarm, transitions, shares, self.store,
+                                          self.policy.config, self.model_version))
         events.sort(key=lambda e: (e.offset, e.ts))
         rebased = self.clock.rebased - rebased
         return ScoredBatch(scores, alerting, status, top, events, n_waves, rebased, reshaped)
@@ -216,8 +212,9 @@ class ScoringPipeline:
                                    ).to(self.device)  # (r,) bool, the device's episode holds its normal
         x = torch.from_numpy(batch.values[idx[layout.owner], layout.chan]).to(self.device)  # (r,)
         z, std, prior, count = self._normalise(x, layout.rows)
-        held_normal = self._held_normal(layout.rows) if bool(holding.any()) else None
-        z_held = self._held_z(x, z, held_normal, holding)  # (r,)
+        held_normal = held_statistics(self.store.rows, layout.rows, self.normaliser) \
+            if bool(holding.any()) else None
+        z_held = held_z(x, z, held_normal, holding)  # (r,)
         first = torch.from_numpy(self.store.cols["steps"][slots][layout.owner] == 0).to(self.device)  # (r,)
         resid = self._forecast(z, first, layout.rows)
         steps = self.store.cols["steps"]
@@ -227,8 +224,8 @@ class ScoringPipeline:
         firing = torch.from_numpy(AlertPolicy.firing(self.store, slots)[layout.owner]).to(self.device)  # (r,)
         table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, firing, layout, slots,
                                              ts, dt)
-        held_table = self._held_evidence(z_held, first, seen, holding, table, prior, std, layout.rows,
-                                         held_normal)
+        held_table = held_evidence(z_held, first, seen, holding, table, prior, std, self.store.rows,
+                                   layout.rows, held_normal)
         evidence, held = (_per_device(t, device_level, layout.starts) for t in (table, held_table))
         above = torch.where(first, z, resid).cpu().numpy() > 0
         return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior, excess)
@@ -291,7 +288,7 @@ class ScoringPipeline:
         """z (r,) float32 of raw values x (r,) under each row's live statistics, the raw units per unit
         of z (r,), the statistics before this value (mean, var (r,) float64) and the rows' value counts
         after it. The live statistics learn every value, in an episode or not (the held normal does not
-        move: see `_held_z`)."""
+        move: see `held_normal.held_z`)."""
         rows_of = self.store.rows
         count, mean, var = (rows_of[k][rows] for k in ("norm_count", "norm_mean", "norm_var"))
         std = row_std(mean, var, self.normaliser).to(torch.float32)  # (r,)
@@ -301,53 +298,6 @@ class ScoringPipeline:
             rows_of[key][rows] = value
         return z, std, prior, count
 
-    def _held_normal(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normaliser mean and scale (as `row_std` floors it) held since each row's episode opened:
-        rows (r,) -> (mean (r,), std (r,)) float64 (meaningful only where the device holds)."""
-        mean = self.store.rows["held_mean"][rows].to(torch.float64)  # (r,)
-        sd = self.store.rows["held_sd"][rows].to(torch.float64)  # (r,)
-        return mean, row_std(mean, sd * sd, self.normaliser)
-
-    @staticmethod
-    def _held_z(x: torch.Tensor, z: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor] | None,
-                holding: torch.Tensor) -> torch.Tensor:
-        """z (r,) of raw values x (r,) against the held normal (mean, std) where `holding` (r,), the live
-        z elsewhere (and everywhere when nothing is held: `held` None)."""
-        if held is None:
-            return z
-        mean, std = held
-        return torch.where(holding, ((x.to(torch.float64) - mean) / std).to(torch.float32), z)
-
-    def _held_evidence(self, z_held: torch.Tensor, first: torch.Tensor, seen: torch.Tensor,
-                       holding: torch.Tensor, table: np.ndarray, prior: tuple[torch.Tensor, torch.Tensor],
-                       std: torch.Tensor, rows: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor] | None
-                       ) -> np.ndarray:
-        """The per-channel evidence against the held normal (r, len(PER_CHANNEL)): deviation of the held
-        z, and the short-term level and volatility of the held z, derived from the live ones by the
-        change of variables z_held = a z + b (a, b from the live and held statistics; exact while
-        they drift slowly over the ~1 / level_beta readings the averages span); relation as the live
-        table (it is fed the held z); the rest NaN, as are rows not `holding` (r,) (where none is,
-        `held` is None and nothing is computed)."""
-        out = np.full_like(table, np.nan)
-        if held is None:
-            return out
-        rows_of = self.store.rows
-        held_mean, held_std = held  # (r,), (r,)
-        a = std.to(torch.float64) / held_std
-        b = (prior[0] - held_mean) / held_std
-        level = rows_of["level"][rows].to(torch.float64)
-        vol = rows_of["vol"][rows].to(torch.float64)
-        h_level = (a * level + b).clamp(-Z_CLIP, Z_CLIP)
-        h_vol = (a * a * vol + 2 * a * b * level + b * b).clamp(0, Z_CLIP * Z_CLIP)
-        dev = torch.where(first, 0.0, z_held.to(torch.float64))
-        cols = {Signal.DEVIATION: dev * dev, Signal.LEVEL: torch.where(seen, h_level * h_level, torch.nan),
-                Signal.VOLATILITY: torch.where(seen, h_vol, torch.nan)}
-        for sig, value in cols.items():
-            out[:, _COLUMN_OF[sig]] = value.cpu().numpy()
-        out[:, _COLUMN_OF[Signal.RELATION]] = table[:, _COLUMN_OF[Signal.RELATION]]
-        out[~holding.cpu().numpy()] = np.nan
-        return out
-
     def _hold_normal(self, wave: _Wave, opened: np.ndarray) -> None:
         """The devices at these wave positions (k,) just opened an episode past maturity: hold their
         normal as it was before this reading (normaliser mean and spread per row; the calibration of
@@ -356,9 +306,7 @@ class ScoringPipeline:
             return
         at = np.flatnonzero(np.isin(wave.layout.owner, opened))  # (k_r,) their rows among the wave's
         pick = torch.from_numpy(at).to(self.device)
-        rows = wave.layout.rows[pick]
-        self.store.rows["held_mean"][rows] = wave.prior[0][pick].to(torch.float32)
-        self.store.rows["held_sd"][rows] = wave.prior[1][pick].clamp_min(0).sqrt().to(torch.float32)
+        hold_rows(self.store.rows, wave.layout.rows[pick], wave.prior[0][pick], wave.prior[1][pick])
         self.calibrator.hold(self.store, wave.slots[opened])
 
     def _forecast(self, z: torch.Tensor, first: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -421,50 +369,6 @@ class ScoringPipeline:
             r2[at.cpu().numpy()] = rb.cpu().numpy()
             joint[pos] = db.cpu().numpy()
         return r2, joint
-
-    def _events(self, batch: ReadingBatch, wave: _Wave, alarm: np.ndarray, transitions: Transitions,
-                shares: np.ndarray) -> list[AlertEvent]:
-        out: list[AlertEvent] = []
-        policy = self.policy.config
-        started = self.store.cols["alert_started_at"]
-        for j, state, reason in (
-            *((j, "firing", None) for j in transitions.opened),
-            *((j, "resolved", RECOVERED) for j in transitions.recovered),
-            *((j, "resolved", ACCEPTED) for j in transitions.accepted),
-        ):
-            i, slot = int(wave.idx[j]), int(wave.slots[j])
-            device_id = batch.device_ids[i]
-            begun = float(started[slot])
-            ts = float(wave.ts[j])
-            out.append(AlertEvent(
-                alert_id=alert_id(device_id, begun, self.model_version),
-                device_id=device_id,
-                state=state,  # type: ignore[arg-type]
-                ts=ts,
-                started_at=begun,
-                score=float(alarm[j]),
-                threshold=policy.open_threshold if reason is None else policy.close_threshold,
-                channels=self._attribution(batch, i, slot, shares[j], wave, j),
-                model_version=self.model_version,
-                partition=int(batch.partitions[i]),
-                offset=int(batch.offsets[i]),
-                reason=reason,  # type: ignore[arg-type]
-                duration_s=None if reason is None else ts - begun,
-            ))
-        return out
-
-    def _attribution(self, batch: ReadingBatch, i: int, slot: int, err: np.ndarray, wave: _Wave, j: int
-                     ) -> tuple[ChannelAttribution, ...]:
-        c = int(batch.n_channels[i])
-        names = self.store.channel_names(slot) or tuple(str(k) for k in range(c))
-        total = float(err[:c].sum())
-        shares = err[:c] / total if total > 0 else np.full(c, 1.0 / c)
-        first_row = int(wave.layout.starts[j])
-        above = wave.above[first_row : first_row + c]
-        return tuple(
-            ChannelAttribution(names[k], round(float(shares[k]), 6), "above" if above[k] else "below")
-            for k in range(c)
-        )
 
 
 def _per_device(table: np.ndarray, device_level: dict[Signal, np.ndarray], starts: np.ndarray) -> np.ndarray:

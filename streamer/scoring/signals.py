@@ -35,3 +35,4 @@ class Signal(enum.IntEnum):
 SIGNALS = len(Signal)
 PER_CHANNEL = (Signal.FORECAST, Signal.BIAS, Signal.DEVIATION, Signal.PROFILE, Signal.LEVEL,
                Signal.VOLATILITY, Signal.RELATION)  # the per-channel table's columns, in this order
+COLUMN_OF = {sig: k for k, sig in enumerate(PER_CHANNEL)}  # Signal -> its column of the per-channel table
