@@ -370,9 +370,9 @@ def test_a_young_firing_device_keeps_its_relation_covariance() -> None:
     values = np.stack([a, b], 1)
     pipe = ScoringPipeline(load(), PipelineConfig(mature_s=math.inf))  # never old enough to hold
     slot, opened_cells, frozen = None, None, []
-    for i in range(n):
-        pipe.score(ReadingBatch.from_rows(["young"], np.array([60.0 * i]), [values[i].tolist()],
-                                          channels=[("a", "b")]))
+    for i in range(0, n, 20):  # the cells are compared after every 20 readings
+        pipe.score(ReadingBatch.from_rows(["young"] * 20, 60.0 * np.arange(i, i + 20),
+                                          values[i : i + 20].tolist(), channels=[("a", "b")] * 20))
         slot = pipe.store.slot("young")
         cells = pipe.store.blocks["relation"][torch.from_numpy(pipe.store.cells_of(np.array([slot]),
                                                                                    "relation"))].clone()
@@ -382,5 +382,5 @@ def test_a_young_firing_device_keeps_its_relation_covariance() -> None:
             opened_cells = cells
         elif firing:
             frozen.append(torch.equal(cells, opened_cells))
-    assert opened_cells is not None and len(frozen) > 10, "the relation break opened no episode"
+    assert opened_cells is not None and len(frozen) > 5, "the relation break opened no episode"
     assert all(frozen)
