@@ -359,6 +359,16 @@ def _pack(flat: np.ndarray, widths: np.ndarray) -> np.ndarray:
 
 
 
+def parse_timestamp(t: Any) -> float:
+    """Epoch seconds from a number or an RFC 3339 string, as reading messages carry them; NaN when it is
+    neither.
+
+    >>> parse_timestamp("1970-01-01T00:01:00Z"), parse_timestamp(60), parse_timestamp("noon")
+    (60.0, 60.0, nan)
+    """
+    return _parse_ts(t)
+
+
 def _parse_ts(t: Any) -> float:
     """Epoch seconds from a JSON number or an RFC 3339 string; NaN when it is neither."""
     kind = type(t)
