@@ -30,6 +30,7 @@ def test_the_holdout_is_each_series_tail_and_short_parts_are_left_out() -> None:
     assert windows([np.arange(512.0)], 256).shape == (3, 256)  # stride of half a window
 
 
+@pytest.mark.slow  # 60 optimiser steps: 5-15 s on the 2-core machine
 def test_fine_tuning_learns_a_new_shape_and_says_so_on_held_out_data() -> None:
     base = artifact.load()
     config = FineTuneConfig(steps=60, window=MIN_WINDOW, batch_size=16)
@@ -92,3 +93,48 @@ def test_train_csv_fine_tunes_and_the_artifact_records_its_provenance(tmp_path: 
     assert tuned.training["fine_tuned_from"] == base.version and tuned.training["readings"] == 1600
     assert tuned.training["holdout"] == 0.2
     assert {"val_huber", "val_huber_base", "val_huber_previous_value"} <= set(tuned.metrics)
+
+
+@pytest.mark.kafka
+def test_train_from_topic_leaves_out_the_alert_episodes(kafka_bootstrap: str, topic_factory, tmp_path: Path
+                                                        ) -> None:
+    """The fleet's readings and alerts on a real broker: the episode's readings are not trained on."""
+    from kafka import KafkaProducer
+
+    from streamer.ingest.codec import encode_readings
+
+    readings, alerts = topic_factory(partitions=2), topic_factory(partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for d, series in enumerate(_alternating(2, 400)):
+        device = f"dev-{d}"
+        for start in range(0, 400, 50):  # batch messages of 50 readings
+            rows = [(1_700_000_000.0 + 60 * t, {"v": float(series[t])}) for t in range(start, start + 50)]
+            producer.send(readings, key=device.encode(), value=encode_readings(device, rows))
+    episode = {"alert_id": "a1", "device_id": "dev-1", "started_at": 1_700_000_000.0 + 60 * 100}
+    producer.send(alerts, key=b"dev-1", value=orjson.dumps({**episode, "state": "firing",
+                                                            "ts": episode["started_at"]}))
+    producer.send(alerts, key=b"dev-1", value=orjson.dumps({**episode, "state": "resolved",
+                                                            "ts": 1_700_000_000.0 + 60 * 130}))
+    producer.flush()
+    producer.close()
+    out = tmp_path / "fleet-model"
+    assert main(["train", "--from-topic", readings, "--bootstrap", kafka_bootstrap, "--alerts-topic", alerts,
+                 "--output", str(out), "--steps", "5", "--threads", "1"]) == 0
+    tuned = artifact.load(out)
+    assert tuned.training["readings"] == 800 - 30 and tuned.training["excluded_readings"] == 30
+    assert tuned.training["devices"] == 2 and tuned.training["series"] == 3  # dev-1 cut in two
+    assert tuned.training["fine_tuned_from"] == artifact.load().version
+
+
+@pytest.mark.kafka
+def test_train_from_a_missing_topic_or_labels_file_says_which(kafka_bootstrap: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    labels = tmp_path / "labels.csv"
+    args = ["train", "--from-topic", "no-such-topic-7f3a", "--bootstrap", kafka_bootstrap, "--labels",
+            str(labels), "--output", str(tmp_path / "m")]
+    assert main(args) == 2
+    assert "no such file" in capsys.readouterr().err
+    labels.write_text("device_id,start,end\n")
+    assert main(args) == 2
+    assert "topic 'no-such-topic-7f3a' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

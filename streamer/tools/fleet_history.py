@@ -103,6 +103,8 @@ def episodes_from_alerts(values: Iterable[bytes]) -> Episodes:
 def episodes_from_labels(path: Path) -> Episodes:
     """A labels CSV with columns device_id, start, end -> episodes."""
     spans: Episodes = defaultdict(list)
+    if not path.is_file():
+        raise ConfigError(f"--labels {path}: no such file")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = {"device_id", "start", "end"} - set(reader.fieldnames or ())
