@@ -28,7 +28,7 @@ from torch import nn
 from model.artifact import ModelArtifact
 from model.forecaster import RecurrentForecaster
 from model.normaliser import NormaliserConfig
-from model.train import WARMUP, _loss, normalised_features
+from model.train import WARMUP, _loss, normalised_features, optimiser_step
 
 MIN_WINDOW = 4 * WARMUP  # readings: a shorter window is mostly normaliser warm-up
 
@@ -130,11 +130,7 @@ def _train(model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, cfg: Fi
     model.train()
     while step < cfg.steps:
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            opt.zero_grad()
-            loss = _loss(model, x[idx], y[idx])
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimiser_step(model, opt, x[idx], y[idx])
             step += 1
             if log and step % report_every == 0:
                 print(f"fine-tune step {step}/{cfg.steps} val_huber={validate():.4f}")

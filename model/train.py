@@ -73,6 +73,15 @@ def _loss(model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor) -> torch
     return nn.functional.huber_loss(pred[:, WARMUP:], y[:, WARMUP:], delta=1.0)
 
 
+def optimiser_step(model: RecurrentForecaster, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+                   ) -> None:
+    """One clipped gradient step on the batch x (B, T, F), y (B, T) (training and fine-tuning alike)."""
+    opt.zero_grad()
+    _loss(model, x, y).backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train(
     config: TrainConfig, series: np.ndarray | None = None, log: bool = True
 ) -> tuple[RecurrentForecaster, dict[str, float], dict[str, object]]:
@@ -97,11 +106,7 @@ def train(
     for epoch in range(config.epochs):
         model.train()
         for idx in torch.randperm(len(x_tr), generator=gen).split(config.batch_size):
-            opt.zero_grad()
-            loss = _loss(model, x_tr[idx], y_tr[idx])
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimiser_step(model, opt, x_tr[idx], y_tr[idx])
         sched.step()
         model.eval()
         with torch.no_grad():
