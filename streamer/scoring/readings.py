@@ -140,6 +140,8 @@ class ScoredBatch:
     waves:       number of batched recurrent steps the batch took
     rebased:     devices whose event-time clock was re-based (`streamer.scoring.event_time`)
     reshaped:    devices re-initialised for a new channel set (`streamer.scoring.shape`)
+    shadow_events: a shadow model's alert transitions for the same batch (`streamer.scoring.shadow`),
+                 published to the shadow alerts topic only
     """
 
     scores: np.ndarray
@@ -150,6 +152,7 @@ class ScoredBatch:
     waves: int = 0
     rebased: int = 0
     reshaped: int = 0
+    shadow_events: list[AlertEvent] = field(default_factory=list)
 
     def dropped_counts(self) -> dict[DropReason, int]:
         counts = np.bincount(self.status, minlength=len(DropReason))

@@ -1,9 +1,11 @@
 """`rnnwatch bench scoring`: throughput of the whole scoring pipeline against its bare recurrent cell.
 
 Readings are decoded up front (no Kafka, no JSON): the benchmark times `ScoringPipeline.score` on
-batches holding one reading of every device, and, in the same run, the bare `model.step` over the
-same rows (a row is one channel of one device: the model is channel-independent). The ratio of the
-two says how much the pipeline around the cell costs.
+batches holding `--readings-per-device` readings of every device (default one), and, in the same run,
+the bare `model.step` over the same rows (a row is one channel of one device: the model is
+channel-independent). The ratio of the two says how much the pipeline around the cell costs. With
+`--shadow-model` every batch is also scored by a shadow model (`streamer.scoring.shadow`): the figure
+then includes shadowing's cost.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 
 from streamer.scoring.factory import build_pipeline
+from streamer.scoring.pipeline import ScoringPipeline
 from streamer.scoring.readings import ReadingBatch
+from streamer.scoring.shadow import ShadowedPipeline
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the daemon)")
     p.add_argument("--model", default=None)
+    p.add_argument("--shadow-model", default=None,
+                   help="also score every batch with this model in shadow (streamer.scoring.shadow)")
+    p.add_argument("--readings-per-device", type=int, default=1,
+                   help="readings of each device in one batch (default 1: one wave per batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -51,15 +59,33 @@ def make_batches(devices: int, channels: int, count: int, seed: int) -> list[Rea
     return out
 
 
+def _merge(steps: list[ReadingBatch]) -> ReadingBatch:
+    """Consecutive one-reading-per-device batches as one batch, device after device (k readings each)."""
+    if len(steps) == 1:
+        return steps[0]
+    n = len(steps[0])
+    order = np.arange(n * len(steps)).reshape(len(steps), n).T.reshape(-1)  # device-major
+    cat = {f: np.concatenate([getattr(b, f) for b in steps])[order]
+           for f in ("ts", "values", "n_channels", "partitions", "offsets")}
+    return ReadingBatch(device_ids=[steps[0].device_ids[i // len(steps)] for i in range(n * len(steps))],
+                        channels=[steps[0].channels[0]] * (n * len(steps)), **cat)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def bench(args: argparse.Namespace) -> dict[str, object]:
-    pipeline = build_pipeline(args.model, args.device, cpu_threads=args.threads)
+    live = build_pipeline(args.model, args.device, cpu_threads=args.threads)
+    pipeline: ScoringPipeline | ShadowedPipeline = live
+    if args.shadow_model:
+        pipeline = ShadowedPipeline(live, build_pipeline(args.shadow_model, args.device,
+                                                         cpu_threads=args.threads))
     device = pipeline.device
-    batches = make_batches(args.devices, args.channels, args.warmup_batches + args.batches, args.seed)
+    k = max(1, args.readings_per_device)
+    steps = make_batches(args.devices, args.channels, (args.warmup_batches + args.batches) * k, args.seed)
+    batches = [_merge(steps[b * k : (b + 1) * k]) for b in range(args.warmup_batches + args.batches)]
     for batch in batches[: args.warmup_batches]:
         pipeline.score(batch)
     _sync(device)
@@ -68,7 +94,7 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         pipeline.score(batch)
     _sync(device)
     pipeline_s = time.perf_counter() - started
-    readings = args.devices * args.batches
+    readings = args.devices * args.batches * k
 
     rows = args.devices * args.channels
     model = pipeline.model
@@ -79,18 +105,21 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
             _, h = model.step(x, h)
         _sync(device)
         started = time.perf_counter()
-        for _ in range(args.batches):
+        for _ in range(args.batches * k):
             _, h = model.step(x, h)
         _sync(device)
     bare_s = time.perf_counter() - started
     readings_per_s = readings / pipeline_s
-    bare_rows_per_s = rows * args.batches / bare_s
+    bare_rows_per_s = rows * args.batches * k / bare_s
     return {
         "benchmark": "scoring",
         "device": str(device),
         "devices": args.devices,
         "channels": args.channels,
         "batches": args.batches,
+        "readings_per_device": k,
+        "shape": f"{args.devices} devices x {k} readings x {args.channels} channels per batch",
+        "shadow_model": pipeline.shadow.model_version if isinstance(pipeline, ShadowedPipeline) else None,
         "readings": readings,
         "model_version": pipeline.model_version,
         "torch_threads": torch.get_num_threads(),
@@ -98,7 +127,8 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         "pipeline_rows_per_s": round(readings_per_s * args.channels),
         "bare_step_rows_per_s": round(bare_rows_per_s),
         "ratio": round(readings_per_s * args.channels / bare_rows_per_s, 3),
-        "bytes_per_device": pipeline.store.bytes_per_device(args.channels),
+        "bytes_per_device": pipeline.bytes_per_device(args.channels) if isinstance(pipeline, ShadowedPipeline)
+        else pipeline.store.bytes_per_device(args.channels),
     }
 
 
