@@ -173,6 +173,12 @@ class StateStore:
     def device_ids(self) -> list[str]:
         return list(self._slot)
 
+    def ids_and_names(self, slots: np.ndarray) -> tuple[list[str], list[tuple[str, ...] | None]]:
+        """Device ids and channel names of these (live) slots: (m,) -> two lists of m."""
+        where = np.asarray(slots).tolist()
+        ids, names = self._ids, self._names
+        return [ids[s] or "" for s in where], [names[s] for s in where]
+
     def slots_for(
         self,
         device_ids: Sequence[str],
@@ -378,8 +384,9 @@ class StateStore:
     def cells_of(self, slots: np.ndarray, name: str) -> np.ndarray:
         """Flat cell indices of these devices' `name` blocks, device after device: (m,) -> (k,) int64."""
         block = self.block_fields[name]
-        counts = self.cols["n_channels"][slots].astype(np.int64)
-        sizes = np.array([block.cells(c) for c in counts.tolist()], dtype=np.int64)
+        distinct, inverse = np.unique(self.cols["n_channels"][slots], return_inverse=True)
+        per_count = np.array([block.cells(int(c)) for c in distinct.tolist()], dtype=np.int64)
+        sizes = per_count[inverse.reshape(-1)]  # (m,): one cells() call per distinct channel count
         owner = np.repeat(np.arange(len(slots)), sizes)
         first = np.repeat(np.cumsum(sizes) - sizes, sizes)
         return self.cols[block.start_column][slots][owner] + (np.arange(len(owner)) - first)
