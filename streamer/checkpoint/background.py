@@ -30,6 +30,11 @@ class BackgroundWriter(Generic[Job]):
         self._done = threading.Event()
 
     @property
+    def job(self) -> Job | None:
+        """The job submitted and not yet collected."""
+        return self._job
+
+    @property
     def busy(self) -> bool:
         """A job was submitted and not yet collected (written or not)."""
         return self._job is not None
