@@ -185,6 +185,62 @@ def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootst
     assert len(kills) == 5 and len(restored) >= 6 and max(restored) > 0
 
 
+def _log_events(path: Any) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.startswith(b"{")]
+
+
+def _kill_mid_write(proc: subprocess.Popen, path: Any, seen: int) -> tuple[bool, int]:
+    """Kill -9 the daemon as soon as it starts writing a background checkpoint of many states; return
+    (whether the kill landed before that checkpoint was written, events seen so far)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = _log_events(path)
+        started = [i for i, e in enumerate(events[seen:], seen)
+                   if e.get("event") == "checkpoint_started" and e.get("states", 0) >= 500]
+        if started:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            after = _log_events(path)[started[-1] + 1:]
+            return not any(e.get("event") == "checkpoint_written" for e in after), len(_log_events(path))
+        time.sleep(0.002)
+    raise AssertionError("no background checkpoint of 500+ states started within 30 s")
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_background_checkpoint_is_half_written(kafka_bootstrap, unique_topic_name, tmp_path):
+    """Each kill lands just after a checkpoint's snapshot, while its states are being written: the
+    restarted daemon restores what was written, replays from the last commit, and scores as if
+    uninterrupted."""
+    messages = fleet(3000, 60_000, seed=13)
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4)
+    producer = threading.Thread(target=produce_paced, args=(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
+                                                            messages, 25.0))
+    path = tmp_path / "serve.log"
+    log = open(path, "wb")  # noqa: SIM115 - shared by the processes
+    proc, _ = start_serve(env, log)
+    producer.start()
+    landed, seen = 0, 0
+    try:
+        for _ in range(3):
+            mid_write, seen = _kill_mid_write(proc, path, seen)
+            landed += mid_write
+            proc, _ = start_serve(env, log)
+        producer.join(120)
+        scores_topic = env["RNNWATCH_SCORES_TOPIC"]
+        wait_for(lambda: len(published_scores(kafka_bootstrap, scores_topic)) >= len(messages), 180,
+                 "every reading scored")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    figures = assert_equal_to_reference(published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"]),
+                                        reference_scores(messages))
+    print(f"\nkill -9 x3 mid background checkpoint ({landed} before it was written): {figures}")
+    assert landed >= 1, "at least one kill must land while a checkpoint's states were being written"
+
+
 # ---- 1 → 3 → 1 daemons in one group ------------------------------------------------------------------------
 def test_one_three_one_daemons_share_the_partitions_and_score_as_one(kafka_bootstrap, unique_topic_name):
     messages = fleet(240, 24_000, seed=8)

@@ -232,7 +232,8 @@ class Checkpointer:
         level = logging.INFO if job.states or job.tombstones_written else logging.DEBUG
         log.log(level, "checkpoint of partitions %s: %d states, %d tombstones, offsets %s in %.3f s (scoring "
                 "paused %.3f s)", job.partitions, job.states, job.tombstones_written, job.offsets, elapsed,
-                job.paused_s, extra={"states": job.states, "tombstones": job.tombstones_written,
+                job.paused_s, extra={"event": "checkpoint_written", "states": job.states,
+                                     "tombstones": job.tombstones_written,
                                      "seconds": round(elapsed, 4), "paused_s": round(job.paused_s, 4)})
         return job.states
 

@@ -209,6 +209,10 @@ class StateManager:
             self._fail(f"checkpoint failed: {exc}")
         else:
             self.background.submit(job)
+            log.log(logging.INFO if len(job.snapshot) else logging.DEBUG,
+                    "checkpoint of partitions %s: %d states snapshotted in %.3f s (scoring paused that "
+                    "long); writing them in the background", job.partitions, len(job.snapshot), job.paused_s,
+                    extra={"event": "checkpoint_started", "states": len(job.snapshot)})
         finally:
             self.checkpointer.schedule()
 
