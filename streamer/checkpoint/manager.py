@@ -237,7 +237,7 @@ class StateManager:
             self._behind_since = time.perf_counter()
             log.warning("a checkpoint is due but the previous one is still being written; the next one "
                         "starts when it is acknowledged (scoring goes on; a crash now replays %.0f s of "
-                        "readings). If this repeats, see RUNBOOK.md 'Checkpoint falling behind'",
+                        "readings). If this repeats, see RUNBOOK.md RnnwatchCheckpointBehind",
                         time.perf_counter() - self._finished_at, extra={"event": "checkpoint_behind"})
 
     def _drain(self) -> None:
