@@ -1,19 +1,22 @@
 """A consistent copy of some devices' states, taken between two batches: what a checkpoint writes.
 
-Taking one is the only part of a checkpoint that runs on the scoring loop's thread: a gather of the
-devices' rows, columns and cells into fresh arrays, field by field (a few numpy / torch copies, no
-Python object per device beyond the id list). Encoding and writing then run in the background
+Taking one is the only part of a checkpoint that runs on the scoring loop's thread, so it is a copy
+and nothing more: per field one numpy / torch copy, no Python object per device beyond the id list.
+When the devices hold a large share of the slabs' rows (a checkpoint where most of the fleet
+changed), the used part of every row and cell slab is copied whole (a memcpy, several times faster
+than a gather) and the devices' rows are gathered from that private copy later, by `gather()`, in
+whichever thread encodes the snapshot. Encoding and writing then run in the background
 (`background.py`) while the loop keeps scoring and changing the store: the snapshot shares no memory
 with it.
 
-Shapes: m devices, r = sum of their channel counts, k = sum of their cells per block. Every array is
-in device order: the rows of device i are rows[row_first[i] : row_first[i] + n_channels[i]].
+Shapes: m devices, r = sum of their channel counts, k = sum of their cells per block. After
+`gather()` every array is in device order: the rows of device i are
+rows[row_first[i] : row_first[i] + n_channels[i]].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,59 +24,93 @@ import torch
 from streamer.checkpoint.state_schema import StateSchema
 from streamer.scoring.state_store import StateStore
 
+WHOLE_SLAB_SHARE = 0.25  # copy the used slabs whole when the devices hold at least this share of rows
 
-@dataclass(frozen=True)
+
 class StateSnapshot:
     """Copies of m devices' states (the fields of `schema`) and where they were in the store."""
 
-    schema: StateSchema
-    slots: np.ndarray  # (m,) int64: their slots when taken (bookkeeping goes back by slot and id)
-    device_ids: list[str]  # (m,)
-    channels: list[tuple[str, ...] | None]  # (m,) channel names, None for positional values
-    n_channels: np.ndarray  # (m,) int64
-    source_offset: np.ndarray  # (m,) int64
-    last_ts: np.ndarray  # (m,) float64
-    rows: dict[str, np.ndarray] = field(repr=False)  # name -> (r,) or (r, width)
-    cols: dict[str, np.ndarray] = field(repr=False)  # name -> (m,) or (m, width)
-    blocks: dict[str, np.ndarray] = field(repr=False)  # name -> (k,)
+    def __init__(self, schema: StateSchema, slots: np.ndarray, device_ids: list[str],
+                 channels: list[tuple[str, ...] | None], cols: dict[str, np.ndarray],
+                 rows: dict[str, np.ndarray], blocks: dict[str, np.ndarray],
+                 row_index: np.ndarray | None = None,
+                 cell_index: dict[str, np.ndarray] | None = None) -> None:
+        self.schema = schema
+        self.slots = slots  # (m,) int64: their slots when taken (bookkeeping goes back by slot and id)
+        self.device_ids = device_ids  # (m,)
+        self.channels = channels  # (m,) channel names, None for positional values
+        self.n_channels = cols["n_channels"].astype(np.int64)  # (m,)
+        self.source_offset = cols["source_offset"]  # (m,) int64
+        self.last_ts = cols["last_ts"]  # (m,) float64
+        self.cols = cols  # name -> (m,) or (m, width)
+        self._rows = rows  # name -> (r, ...) rows, or (rows used, ...) whole slabs until gathered
+        self._blocks = blocks  # name -> (k,) cells, or (cells used,) whole slabs until gathered
+        self._row_index = row_index  # (r,) rows of the devices in the slab copies; None: gathered
+        self._cell_index = cell_index or {}
 
     def __len__(self) -> int:
         return len(self.slots)
 
     @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for part in (self.rows, self.cols, self.blocks) for a in part.values())
+    def rows(self) -> dict[str, np.ndarray]:
+        """name -> (r,) or (r, width): the devices' rows, in device order (gathered on first use)."""
+        self.gather()
+        return self._rows
+
+    @property
+    def blocks(self) -> dict[str, np.ndarray]:
+        """name -> (k,): the devices' cells, in device order (gathered on first use)."""
+        self.gather()
+        return self._blocks
+
+    def gather(self) -> None:
+        """Pick the devices' rows and cells out of whole-slab copies (off the loop thread)."""
+        if self._row_index is not None:
+            index, self._row_index = self._row_index, None
+            self._rows = {name: slab[index] for name, slab in self._rows.items()}
+        if self._cell_index:
+            cells, self._cell_index = self._cell_index, {}
+            self._blocks = {name: slab[cells[name]] for name, slab in self._blocks.items()}
 
     def row_spans(self, where: np.ndarray) -> np.ndarray:
-        """Row indices (into `rows`) of the devices at positions `where`: (w,) -> (sum of their channels,)."""
+        """Row indices (into `rows`) of the devices at positions `where`: (w,) -> (their channels,)."""
         return _spans(self.n_channels, where)
 
     def cell_spans(self, name: str, where: np.ndarray) -> np.ndarray:
         """Cell indices (into `blocks[name]`) of the devices at positions `where`."""
-        return _spans(self._cells(name), where)
-
-    def _cells(self, name: str) -> np.ndarray:
         block = next(b for b in self.schema.blocks if b.name == name)
-        return cells_per_device(block.cells, self.n_channels)
+        return _spans(cells_per_device(block.cells, self.n_channels), where)
 
 
 def take_snapshot(store: StateStore, slots: np.ndarray, schema: StateSchema | None = None) -> StateSnapshot:
     """Copy the states of the devices in `slots` (m,) out of `store`; the store is not changed."""
     schema = schema or StateSchema.of(store)
     slots = np.asarray(slots, dtype=np.int64)
-    rows = torch.from_numpy(store.rows_of(slots)[0]).to(store.device)  # (r,)
-    row_copies = {name: _to_numpy(store.rows[name].index_select(0, rows)) for name, _, _ in schema.rows}
-    blocks = {}
+    row_index = store.rows_of(slots)[0]  # (r,)
+    whole = len(row_index) >= WHOLE_SLAB_SHARE * store.rows_used
+    names = [name for name, _, _ in schema.rows]
+    if whole:
+        rows = {name: _copy(store.rows[name][: store.rows_used]) for name in names}
+    else:
+        index = torch.from_numpy(row_index).to(store.device)
+        rows = {name: _to_numpy(store.rows[name].index_select(0, index)) for name in names}
+    blocks, cell_index = {}, {}
     for block in schema.blocks:
-        cells = torch.from_numpy(store.cells_of(slots, block.name)).to(store.device)  # (k,)
-        blocks[block.name] = _to_numpy(store.blocks[block.name].index_select(0, cells))
-    cols = store.cols
-    ids, names = store.ids_and_names(slots)
-    return StateSnapshot(
-        schema=schema, slots=slots, device_ids=ids, channels=names,
-        n_channels=cols["n_channels"][slots].astype(np.int64), source_offset=cols["source_offset"][slots],
-        last_ts=cols["last_ts"][slots], rows=row_copies,
-        cols={name: cols[name][slots] for name, _, _ in schema.cols}, blocks=blocks)
+        cells = store.cells_of(slots, block.name)  # (k,)
+        if whole:
+            blocks[block.name] = _copy(store.blocks[block.name][: store.cells_used(block.name)])
+            cell_index[block.name] = cells
+        else:
+            index = torch.from_numpy(cells).to(store.device)
+            blocks[block.name] = _to_numpy(store.blocks[block.name].index_select(0, index))
+    cols = {name: store.cols[name][slots] for name in _column_names(schema)}
+    ids, names_of = store.ids_and_names(slots)
+    return StateSnapshot(schema, slots, ids, names_of, cols, rows, blocks,
+                         row_index if whole else None, cell_index)
+
+
+def _column_names(schema: StateSchema) -> list[str]:
+    return ["n_channels", "source_offset", "last_ts", *(name for name, _, _ in schema.cols)]
 
 
 def cells_per_device(cells: Callable[[int], int], n_channels: np.ndarray) -> np.ndarray:
@@ -89,6 +126,11 @@ def _spans(sizes: np.ndarray, where: np.ndarray) -> np.ndarray:
     picked = sizes[where]
     starts = np.repeat(first[where] - (np.cumsum(picked) - picked), picked)
     return starts + np.arange(int(picked.sum()))
+
+
+def _copy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy copy of a (contiguous) slab slice: a memcpy on CPU, a device-to-host copy on CUDA."""
+    return tensor.cpu().numpy().copy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -20,9 +20,11 @@ block tensors (block_capacity,).
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -133,6 +135,15 @@ class StateStore:
     def row_capacity(self) -> int:
         return int(self.rows["hidden"].shape[0])
 
+    @property
+    def rows_used(self) -> int:
+        """Rows handed out so far (in use or free for reuse): every device's rows lie below it."""
+        return self._rows_used
+
+    def cells_used(self, name: str) -> int:
+        """Cells of block `name` handed out so far: every device's cells lie below it."""
+        return self._cells_used[name]
+
     def __len__(self) -> int:
         return len(self._slot)
 
@@ -174,10 +185,12 @@ class StateStore:
         return list(self._slot)
 
     def ids_and_names(self, slots: np.ndarray) -> tuple[list[str], list[tuple[str, ...] | None]]:
-        """Device ids and channel names of these (live) slots: (m,) -> two lists of m."""
+        """Device ids and channel names of these *live* slots: (m,) -> two lists of m."""
         where = np.asarray(slots).tolist()
-        ids, names = self._ids, self._names
-        return [ids[s] or "" for s in where], [names[s] for s in where]
+        if len(where) < 2:
+            return [self._ids[s] or "" for s in where], [self._names[s] for s in where]
+        pick = operator.itemgetter(*where)  # one C call per list, not a Python loop per device
+        return cast(list[str], list(pick(self._ids))), list(pick(self._names))
 
     def slots_for(
         self,
