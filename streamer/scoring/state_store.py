@@ -345,7 +345,7 @@ class StateStore:
         if n and counts.min() < 1:
             raise StateError("a restored device needs at least one channel")
         starts = np.full(n, -1, dtype=np.int64)  # reuse freed row blocks of the same size first
-        for i, c in enumerate(counts.tolist()):
+        for i, c in enumerate(counts.tolist() if any(self._free_rows.values()) else ()):
             if self._free_rows.get(c):
                 starts[i] = self._free_rows[c].pop()
         new = starts < 0
@@ -373,10 +373,10 @@ class StateStore:
 
     def _install_cells(self, block: Block, counts: np.ndarray) -> np.ndarray:
         """Cell starts for devices of these channel counts (n,): freed blocks first, then appended."""
-        sizes = np.array([block.cells(c) for c in counts.tolist()], dtype=np.int64)
+        sizes = _cells_for(block, counts)
         starts = np.full(len(sizes), -1, dtype=np.int64)
         free = self._free_cells[block.name]
-        for i, size in enumerate(sizes.tolist()):
+        for i, size in enumerate(sizes.tolist() if any(free.values()) else ()):
             if free.get(size):
                 starts[i] = free[size].pop()
         new = starts < 0
@@ -397,9 +397,7 @@ class StateStore:
     def cells_of(self, slots: np.ndarray, name: str) -> np.ndarray:
         """Flat cell indices of these devices' `name` blocks, device after device: (m,) -> (k,) int64."""
         block = self.block_fields[name]
-        distinct, inverse = np.unique(self.cols["n_channels"][slots], return_inverse=True)
-        per_count = np.array([block.cells(int(c)) for c in distinct.tolist()], dtype=np.int64)
-        sizes = per_count[inverse.reshape(-1)]  # (m,): one cells() call per distinct channel count
+        sizes = _cells_for(block, self.cols["n_channels"][slots])  # (m,)
         owner = np.repeat(np.arange(len(slots)), sizes)
         first = np.repeat(np.cumsum(sizes) - sizes, sizes)
         return self.cols[block.start_column][slots][owner] + (np.arange(len(owner)) - first)
@@ -488,3 +486,12 @@ class StateStore:
         rows = sum(t.element_size() * t.nelement() for t in (*self.rows.values(), *self.blocks.values()))
         cols = sum(a.nbytes for a in self.cols.values())
         return rows + cols + len(self._slot) * (sys.getsizeof("device-000000") + 116)
+
+
+def _cells_for(block: Block, n_channels: np.ndarray) -> np.ndarray:
+    """`block.cells(c)` of every device: (m,) channel counts -> (m,) int64, one call per distinct count."""
+    if len(n_channels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct, inverse = np.unique(n_channels, return_inverse=True)
+    per_count = np.array([block.cells(int(c)) for c in distinct.tolist()], dtype=np.int64)
+    return per_count[inverse.reshape(-1)]
