@@ -116,7 +116,8 @@ def _restore_phase(args: argparse.Namespace, kafka: Any, topic: str, version: st
     if restored != args.devices:
         raise AssertionError(f"restored {restored} devices, wrote {args.devices}")
     cpu, started = _cpu_s(), time.perf_counter()
-    read = ChangelogReader(restore_consumer_factory(kafka), topic).read(range(args.partitions), lambda _: None)
+    bare = ChangelogReader(restore_consumer_factory(kafka), topic)
+    read = bare.read(range(args.partitions), lambda _: None)
     read_only_s, read_only_cpu_s = time.perf_counter() - started, _cpu_s() - cpu
     return {"restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
             "restore_cpu_s": round(restore_cpu_s, 2), "store": target.store,
