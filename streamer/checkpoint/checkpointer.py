@@ -70,6 +70,7 @@ class CheckpointJob:
     offsets: dict[int, int]  # partition -> next offset: committed once the states are acknowledged
     started: float  # perf_counter at begin
     paused_s: float = 0.0  # time `begin` held the loop
+    written_s: float = 0.0  # from the snapshot until the states were acknowledged
     # filled by `write` (any thread), read by `finish` (loop thread)
     states: int = 0
     tombstones_written: int = 0
@@ -194,6 +195,9 @@ class Checkpointer:
             job.states = self._write_states(job, values, {i for i, _ in refused}, beat)
         except (BrokerError, StateError) as exc:
             job.error = exc
+            return
+        job.written_s = time.perf_counter() - job.started
+        _log_written(job)
 
     def _write_states(self, job: CheckpointJob, values: list[bytes], skip: set[int], beat: bool) -> int:
         """Write the encoded states (return how many); one the broker refuses is quarantined."""
@@ -229,12 +233,11 @@ class Checkpointer:
             self._commit(job.offsets)
         elapsed = time.perf_counter() - job.started
         self._observe(elapsed)
-        level = logging.INFO if job.states or job.tombstones_written else logging.DEBUG
-        log.log(level, "checkpoint of partitions %s: %d states, %d tombstones, offsets %s in %.3f s (scoring "
-                "paused %.3f s)", job.partitions, job.states, job.tombstones_written, job.offsets, elapsed,
-                job.paused_s, extra={"event": "checkpoint_written", "states": job.states,
-                                     "tombstones": job.tombstones_written,
-                                     "seconds": round(elapsed, 4), "paused_s": round(job.paused_s, 4)})
+        log.log(logging.INFO if job.offsets else logging.DEBUG,
+                "checkpoint of partitions %s committed offsets %s, %.3f s after its snapshot (scoring paused "
+                "%.3f s for it)", job.partitions, job.offsets, elapsed, job.paused_s,
+                extra={"event": "checkpoint_committed", "states": job.states, "seconds": round(elapsed, 4),
+                       "paused_s": round(job.paused_s, 4)})
         return job.states
 
     def _roll_back(self, job: CheckpointJob) -> None:
@@ -293,3 +296,12 @@ class Checkpointer:
         if m is not None:
             m.checkpoints.inc()
             m.checkpoint_duration.observe(seconds)
+
+
+def _log_written(job: CheckpointJob) -> None:
+    """Logged by the thread that wrote the job, the moment its records are acknowledged."""
+    log.log(logging.INFO if job.states or job.tombstones_written else logging.DEBUG,
+            "checkpoint of partitions %s: %d states, %d tombstones acknowledged %.3f s after the snapshot",
+            job.partitions, job.states, job.tombstones_written, job.written_s,
+            extra={"event": "checkpoint_written", "states": job.states, "tombstones": job.tombstones_written,
+                   "seconds": round(job.written_s, 4)})
