@@ -39,7 +39,7 @@ import numpy as np
 
 from streamer.checkpoint.changelog import ChangelogWriter, Record
 from streamer.checkpoint.quarantine import QUARANTINED, STATE_RECORD_MAX_BYTES, encode_checkpointable
-from streamer.checkpoint.snapshot import StateSnapshot, take_snapshot
+from streamer.checkpoint.snapshot import SlabPool, StateSnapshot, take_snapshot
 from streamer.checkpoint.state_codec import NO_LOG_ID, bookkeeping
 from streamer.errors import BrokerError, StateError
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
@@ -114,6 +114,7 @@ class Checkpointer:
         self._positions: dict[int, int] = {}  # partition -> next offset, applied but not committed
         self._tombstones: dict[int, set[str]] = {}
         self._next_at = clock() + interval_s
+        self._pool = SlabPool()  # snapshot buffers, reused from one checkpoint to the next
         self.log_id = NO_LOG_ID  # topic id of the readings topic the offsets count in (set at restore)
 
     # ---- tracking -------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class Checkpointer:
         mine = np.isin(cols[PARTITION], parts)
         slots = np.flatnonzero(store.live & cols[DIRTY] & mine & ~cols[QUARANTINED])  # (m,)
         tombstones = {p: {d for d in self._tombstones.pop(p, ()) if not self._rewritten(d)} for p in parts}
-        job = CheckpointJob(parts, take_snapshot(store, slots), cols[PARTITION][slots],
+        job = CheckpointJob(parts, take_snapshot(store, slots, pool=self._pool), cols[PARTITION][slots],
                             cols[WRITTEN][slots], tombstones,
                             {p: self._positions.pop(p) for p in parts if p in self._positions}, started)
         cols[DIRTY][slots] = False  # changes from now on belong to the next checkpoint
