@@ -192,3 +192,19 @@ def test_a_snapshot_is_a_copy_the_store_can_change_under():
 @pytest.fixture(scope="module")
 def reference() -> dict[tuple[str, float], float]:
     return uninterrupted_scores()
+
+
+def test_an_unexpected_error_in_the_worker_commits_nothing(monkeypatch):
+    rows, log, committed = stream(), FakeLog(), {}
+    state = slow_manager(log, committed)
+    feed(state, rows[:300])
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("a bug in the client")
+
+    monkeypatch.setattr(state.writer, "write", broken)
+    due(state)
+    state.maybe_checkpoint()
+    collect(state)
+    assert committed == {} and state.checkpointer.dirty_count() == 10
+    assert "RuntimeError: a bug in the client" in state.readiness()[1]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamer.checkpoint.changelog import ChangelogWriter, Record
+from streamer.checkpoint.changelog import ChangelogWriter, CheckpointError, Record
 from streamer.checkpoint.quarantine import QUARANTINED, STATE_RECORD_MAX_BYTES, encode_checkpointable
 from streamer.checkpoint.snapshot import SlabPool, StateSnapshot, take_snapshot
 from streamer.checkpoint.state_codec import NO_LOG_ID, bookkeeping
@@ -69,6 +69,8 @@ class CheckpointJob:
     tombstones: dict[int, set[str]]  # partition -> evicted devices whose state must go
     offsets: dict[int, int]  # partition -> next offset: committed once the states are acknowledged
     started: float  # perf_counter at begin
+    model_version: str  # what the states were computed with, and the readings topic id their offsets
+    log_id: bytes  # count in: both as of the snapshot (a restore may change them while it is written)
     paused_s: float = 0.0  # time `begin` held the loop
     written_s: float = 0.0  # from the snapshot until the states were acknowledged
     # filled by `write` (any thread), read by `finish` (loop thread)
@@ -171,7 +173,8 @@ class Checkpointer:
         tombstones = {p: {d for d in self._tombstones.pop(p, ()) if not self._rewritten(d)} for p in parts}
         job = CheckpointJob(parts, take_snapshot(store, slots, pool=self._pool), cols[PARTITION][slots],
                             cols[WRITTEN][slots], tombstones,
-                            {p: self._positions.pop(p) for p in parts if p in self._positions}, started)
+                            {p: self._positions.pop(p) for p in parts if p in self._positions}, started,
+                            self.model_version, self.log_id)
         cols[DIRTY][slots] = False  # changes from now on belong to the next checkpoint
         cols[WRITTEN][slots] = True  # an eviction while it is written must leave a tombstone
         job.paused_s = time.perf_counter() - started
@@ -185,20 +188,26 @@ class Checkpointer:
         `beat`: call the writer's heartbeat per chunk (only from a thread that may: not a background one).
         """
         try:
-            values, refused = encode_checkpointable(job.snapshot, self.model_version, self.log_id,
-                                                    self.max_record_bytes)
-            job.quarantined = refused
-            gone: list[Record] = [(p, device, None) for p, devices in job.tombstones.items()
-                                  for device in devices]
-            gone += [self._tombstone(job, i) for i, _ in refused if job.written_before[i]]
-            self.writer.write(gone, self.write_timeout_s, beat=beat)  # before states: no reordering
-            job.tombstones_written = len(gone)
-            job.states = self._write_states(job, values, {i for i, _ in refused}, beat)
+            self._encode_and_write(job, beat)
         except (BrokerError, StateError) as exc:
             job.error = exc
             return
+        except Exception as exc:  # a client error nobody wrapped, or a bug: never commit what was not written
+            log.exception("writing a checkpoint failed unexpectedly; its devices stay dirty")
+            job.error = CheckpointError(f"writing the checkpoint failed: {type(exc).__name__}: {exc}")
+            return
         job.written_s = time.perf_counter() - job.started
         _log_written(job)
+
+    def _encode_and_write(self, job: CheckpointJob, beat: bool) -> None:
+        values, refused = encode_checkpointable(job.snapshot, job.model_version, job.log_id,
+                                                self.max_record_bytes)
+        job.quarantined = refused
+        gone: list[Record] = [(p, d, None) for p, devices in job.tombstones.items() for d in devices]
+        gone += [self._tombstone(job, i) for i, _ in refused if job.written_before[i]]
+        self.writer.write(gone, self.write_timeout_s, beat=beat)  # before states: no reordering
+        job.tombstones_written = len(gone)
+        job.states = self._write_states(job, values, {i for i, _ in refused}, beat)
 
     def _write_states(self, job: CheckpointJob, values: list[bytes], skip: set[int], beat: bool) -> int:
         """Write the encoded states (return how many); one the broker refuses is quarantined."""
