@@ -196,7 +196,7 @@ class StateManager:
         """Commit a background checkpoint once written; every interval, snapshot the next one."""
         self._collect(self.background.collect())
         if self._metrics is not None:
-            self._metrics.checkpoint_age.set(time.perf_counter() - self._finished_at)
+            self._metrics.checkpoint_age.set(self.checkpoint_age())
         if not self.checkpointer.due() or self._abandoned:
             return
         if self.background.busy:
@@ -215,6 +215,10 @@ class StateManager:
                     extra={"event": "checkpoint_started", "states": len(job.snapshot)})
         finally:
             self.checkpointer.schedule()
+
+    def checkpoint_age(self) -> float:
+        """Seconds since the snapshot of the last finished checkpoint (or the start): what a crash replays."""
+        return time.perf_counter() - self._finished_at
 
     def _collect(self, job: CheckpointJob | None) -> None:
         """Finish a written background checkpoint: commit its offsets, or roll it back if it failed."""
@@ -238,7 +242,7 @@ class StateManager:
             log.warning("a checkpoint is due but the previous one is still being written; the next one "
                         "starts when it is acknowledged (scoring goes on; a crash now replays %.0f s of "
                         "readings). If this repeats, see RUNBOOK.md RnnwatchCheckpointBehind",
-                        time.perf_counter() - self._finished_at, extra={"event": "checkpoint_behind"})
+                        self.checkpoint_age(), extra={"event": "checkpoint_behind"})
 
     def _drain(self) -> None:
         """Wait for the background checkpoint in hand (revoke, shutdown) and finish it."""

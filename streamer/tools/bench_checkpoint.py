@@ -9,8 +9,11 @@ checkpoints off, then on every `--interval-s`. With the interval at least as lon
 every device is dirty at every checkpoint (the figure `dirty_per_checkpoint` says how many were).
 
 Reports readings/s of both phases and their ratio, the longest pause a checkpoint caused on the loop
-(`begin`: flush outputs + the snapshot copy; also the longest loop turn of each phase), and the
-background write rate. Without `--bootstrap-servers` an embedded broker is started for the run.
+(`begin`: flush outputs + the snapshot copy; also the longest loop turn of each phase), the background
+write rate and the oldest checkpoint age seen (the readings a crash would replay). With
+`--reading-interval-s R` the stream is paced to one reading per device every R seconds (a fleet's
+real rate, for the capacity statement) instead of as fast as scoring goes. Without
+`--bootstrap-servers` an embedded broker is started for the run.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="readings per scored batch (10000)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each timed phase (60)")
     parser.add_argument("--interval-s", type=float, default=30.0, help="checkpoint interval when on (30)")
+    parser.add_argument("--reading-interval-s", type=float, default=0.0,
+                        help="one reading per device this often, paced (0: as fast as scoring goes)")
     parser.add_argument("--bootstrap-servers", default=None,
                         help="an existing broker (default: start an embedded one for the run)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -90,11 +95,12 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     sweep_s = time.perf_counter() - started
     manager.checkpointer.interval_s = 1e12
     manager.checkpointer.schedule()
-    off = _phase(manager, stream, args.seconds)
+    rate = args.devices / args.reading_interval_s if args.reading_interval_s > 0 else 0.0
+    off = _phase(manager, stream, args.seconds, rate=rate)
     manager.checkpointer.interval_s = args.interval_s
     manager.checkpointer.schedule()
     written_before = writer.records_written
-    on = _phase(manager, stream, args.seconds, checkpoints=True)
+    on = _phase(manager, stream, args.seconds, checkpoints=True, rate=rate)
     manager.shutdown()  # the last background checkpoint, finished
     count = metrics.registry.get_sample_value("rnnwatch_checkpoints_total") or 0.0
     write_s = metrics.registry.get_sample_value("rnnwatch_checkpoint_duration_seconds_sum") or 0.0
@@ -109,7 +115,9 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "longest_turn_off_s": round(off["longest_turn_s"], 3),
         "longest_turn_on_s": round(on["longest_turn_s"], 3),
         "longest_checkpoint_pause_s": round(on["longest_pause_s"], 3),
+        "reading_interval_s": args.reading_interval_s or None,
         "checkpoints": int(count), "dirty_per_checkpoint": on["dirty"],
+        "checkpoint_age_max_s": round(on["age_max_s"], 1),
         "states_written": writer.records_written - written_before,
         "background_states_per_s": round(count and (writer.records_written - written_before) / write_s),
         "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
@@ -156,11 +164,15 @@ def _turn(manager: Any, stream: _Stream) -> int:
     return len(batch)
 
 
-def _phase(manager: Any, stream: _Stream, seconds: float, checkpoints: bool = False) -> dict[str, Any]:
-    """Score for `seconds`: readings, longest loop turn, longest checkpoint step, states per checkpoint."""
-    readings, longest_turn, longest_pause, dirty = 0, 0.0, 0.0, []
+def _phase(manager: Any, stream: _Stream, seconds: float, checkpoints: bool = False,
+           rate: float = 0.0) -> dict[str, Any]:
+    """Score for `seconds` (at most `rate` readings/s when > 0): readings, longest loop turn, longest
+    checkpoint step, states per checkpoint, oldest checkpoint age seen."""
+    readings, longest_turn, longest_pause, dirty, age = 0, 0.0, 0.0, [], 0.0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
+        if rate > 0:
+            time.sleep(max(0.0, readings / rate - (time.perf_counter() - started)))
         turn = time.perf_counter()
         readings += _turn(manager, stream)
         if checkpoints:
@@ -170,6 +182,7 @@ def _phase(manager: Any, stream: _Stream, seconds: float, checkpoints: bool = Fa
             longest_pause = max(longest_pause, time.perf_counter() - step)
             if manager.background.busy and not before:
                 dirty.append(len(manager.background.job.snapshot))
+            age = max(age, manager.checkpoint_age())
         longest_turn = max(longest_turn, time.perf_counter() - turn)
     return {"readings": readings, "seconds": time.perf_counter() - started, "longest_turn_s": longest_turn,
-            "longest_pause_s": longest_pause, "dirty": dirty}
+            "longest_pause_s": longest_pause, "dirty": dirty, "age_max_s": age}
