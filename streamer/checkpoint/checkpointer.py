@@ -40,7 +40,7 @@ import numpy as np
 from streamer.checkpoint.changelog import ChangelogWriter, CheckpointError, Record
 from streamer.checkpoint.quarantine import QUARANTINED, STATE_RECORD_MAX_BYTES, encode_checkpointable
 from streamer.checkpoint.snapshot import SlabPool, StateSnapshot, take_snapshot
-from streamer.checkpoint.state_codec import NO_LOG_ID, bookkeeping
+from streamer.checkpoint.state_codec import NO_LOG_ID, StateSchema, bookkeeping
 from streamer.errors import BrokerError, StateError
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.state_store import Column, StateStore
@@ -198,6 +198,12 @@ class Checkpointer:
             return
         job.written_s = time.perf_counter() - job.started
         _log_written(job)
+        self.warm_buffers(job.snapshot.schema)  # for the next snapshot, while the loop scores
+
+    def warm_buffers(self, schema: StateSchema | None = None) -> None:
+        """Have the snapshot buffers for the store as it is now allocated and touched (any thread: a
+        worker after each write, the loop after a restore, before scoring the restored partitions)."""
+        self._pool.warm_for(self.store, schema or StateSchema.of(self.store))
 
     def _encode_and_write(self, job: CheckpointJob, beat: bool) -> None:
         values, refused = encode_checkpointable(job.snapshot, job.model_version, job.log_id,

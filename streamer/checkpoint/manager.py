@@ -165,6 +165,7 @@ class StateManager:
             return
         self._ok()
         self.evictor.enforce()
+        self.checkpointer.warm_buffers()  # the first checkpoint's copy must not page-fault on the loop
         self._resume(pending & self.owned)
         self._gauges()
 

@@ -55,6 +55,26 @@ class SlabPool:
         with self._lock:
             self._free[key] = buf
 
+    def warm(self, key: str, length: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Have a buffer of `length` x `shape` entries ready, its pages touched (off the loop thread:
+        then the copy that holds the loop never page-faults, even as the store grows)."""
+        with self._lock:
+            held = self._free.get(key)
+        if held is not None and held.dtype == dtype and held.shape[1:] == shape and len(held) >= length:
+            return
+        buf = np.empty((length + length // 4 + 1, *shape), dtype)
+        buf.fill(0)  # touch every page now
+        self.give_back(key, buf)
+
+    def warm_for(self, store: StateStore, schema: StateSchema) -> None:
+        """Buffers for a whole-slab snapshot of `store` as it is now."""
+        for name, _, _ in schema.rows:
+            slab = store.rows[name]
+            self.warm("r:" + name, store.rows_used, tuple(slab.shape[1:]), _np_dtype(slab))
+        for block in schema.blocks:
+            slab = store.blocks[block.name]
+            self.warm("b:" + block.name, store.cells_used(block.name), tuple(slab.shape[1:]), _np_dtype(slab))
+
 
 class StateSnapshot:
     """Copies of m devices' states (the fields of `schema`) and where they were in the store."""
@@ -182,3 +202,7 @@ def _copy(pool: SlabPool, key: str, tensor: torch.Tensor) -> np.ndarray:
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A CPU numpy array that owns its memory (index_select already copied; .cpu() copies off CUDA)."""
     return tensor.cpu().numpy()
+
+
+def _np_dtype(tensor: torch.Tensor) -> np.dtype:
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype

@@ -93,6 +93,7 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     for _ in range(-(-args.devices // stream.batch)):
         _turn(manager, stream)
     sweep_s = time.perf_counter() - started
+    manager.checkpointer.warm_buffers()  # as the daemon does after a restore (and its worker after each write)
     manager.checkpointer.interval_s = 1e12
     manager.checkpointer.schedule()
     rate = args.devices / args.reading_interval_s if args.reading_interval_s > 0 else 0.0
@@ -176,12 +177,13 @@ def _phase(manager: Any, stream: _Stream, seconds: float, checkpoints: bool = Fa
         turn = time.perf_counter()
         readings += _turn(manager, stream)
         if checkpoints:
-            before = manager.background.busy
+            before = manager.background.job
             step = time.perf_counter()
             manager.maybe_checkpoint()
             longest_pause = max(longest_pause, time.perf_counter() - step)
-            if manager.background.busy and not before:
-                dirty.append(len(manager.background.job.snapshot))
+            job = manager.background.job
+            if job is not None and job is not before:
+                dirty.append(len(job.snapshot))
             age = max(age, manager.checkpoint_age())
         longest_turn = max(longest_turn, time.perf_counter() - turn)
     return {"readings": readings, "seconds": time.perf_counter() - started, "longest_turn_s": longest_turn,
