@@ -93,7 +93,7 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     for _ in range(-(-args.devices // stream.batch)):
         _turn(manager, stream)
     sweep_s = time.perf_counter() - started
-    manager.checkpointer.warm_buffers()  # as the daemon does after a restore (and its worker after each write)
+    manager.checkpointer.warm_buffers()  # as the daemon does after a restore (its worker: after each write)
     manager.checkpointer.interval_s = 1e12
     manager.checkpointer.schedule()
     rate = args.devices / args.reading_interval_s if args.reading_interval_s > 0 else 0.0
