@@ -184,7 +184,7 @@ def _phase(manager: Any, stream: _Stream, seconds: float, checkpoints: bool = Fa
             job = manager.background.job
             if job is not None and job is not before:
                 dirty.append(len(job.snapshot))
-            age = max(age, manager.checkpoint_age())
+            age = max(age, min(manager.checkpoint_age(), time.perf_counter() - started))  # phase start counts
         longest_turn = max(longest_turn, time.perf_counter() - turn)
     return {"readings": readings, "seconds": time.perf_counter() - started, "longest_turn_s": longest_turn,
             "longest_pause_s": longest_pause, "dirty": dirty, "age_max_s": age}
