@@ -117,8 +117,8 @@ def encode_snapshot(snapshot: StateSnapshot, model_version: str, log_id: bytes =
     version = _text(model_version, "model version")
     for c in np.unique(snapshot.n_channels).tolist():
         where = np.flatnonzero(snapshot.n_channels == c)  # (w,)
-        payloads = memoryview(_pack(snapshot, where, c))
-        heads = memoryview(_heads(snapshot, where, c, log_id).tobytes())
+        payloads = _bytes_of(_pack(snapshot, where, c))  # no copy: a bulk copy would hold the GIL
+        heads = _bytes_of(_heads(snapshot, where, c, log_id))
         size, head = snapshot.schema.dtype(c).itemsize, _HEAD.size
         ids, names = snapshot.device_ids, snapshot.channels
         for j, i in enumerate(where.tolist()):
@@ -138,8 +138,13 @@ def encode_snapshot(snapshot: StateSnapshot, model_version: str, log_id: bytes =
     return out
 
 
-def _pack(snapshot: StateSnapshot, where: np.ndarray, c: int) -> bytes:
-    """Payloads of the devices at `where` (all with c channels), concatenated: w * itemsize bytes."""
+def _bytes_of(records: np.ndarray) -> memoryview:
+    """The raw bytes of a contiguous structured array, without copying them."""
+    return np.ascontiguousarray(records).view(np.uint8).data  # (w * itemsize,) bytes
+
+
+def _pack(snapshot: StateSnapshot, where: np.ndarray, c: int) -> np.ndarray:
+    """Payloads of the devices at `where` (all with c channels): (w,) records of `schema.dtype(c)`."""
     schema = snapshot.schema
     packed = np.empty(len(where), dtype=schema.dtype(c))  # (w,) one record per device
     whole = len(where) == len(snapshot)  # the usual case: one channel count, no gather
@@ -153,7 +158,7 @@ def _pack(snapshot: StateSnapshot, where: np.ndarray, c: int) -> bytes:
         cells = snapshot.blocks[block.name]
         cells = cells if whole else cells[snapshot.cell_spans(block.name, where)]
         packed[f"b:{block.name}"] = cells.reshape(len(where), -1)
-    return packed.tobytes()
+    return packed
 
 
 def _heads(snapshot: StateSnapshot, where: np.ndarray, c: int, log_id: bytes) -> np.ndarray:
