@@ -395,3 +395,15 @@ def test_bench_restore_reports_bytes_per_device_and_rates(kafka_bootstrap):
     assert result["devices"] == 3000 and result["channels"] == 3
     assert 300 < result["bytes_per_device"] < 2_000
     assert result["restore_s"] > 0 and result["restore_states_per_s"] > 0
+
+
+def test_bench_checkpoint_writes_every_device_at_each_checkpoint_and_reports_both_phases(kafka_bootstrap):
+    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "bench", "checkpoint", "--devices", "2000",
+                           "--seconds", "4", "--interval-s", "1", "--bootstrap-servers", kafka_bootstrap,
+                           "--json"], capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    result = orjson.loads(proc.stdout.splitlines()[-1])
+    assert result["readings_per_s_off"] > 0 and result["readings_per_s_on"] > 0
+    assert result["dirty_per_checkpoint"] and set(result["dirty_per_checkpoint"]) == {2000}
+    assert result["states_written"] >= 2000 * len(result["dirty_per_checkpoint"])
+    assert len(result["dirty_per_checkpoint"]) >= 2, "a 4 s phase with a 1 s interval checkpoints repeatedly"
