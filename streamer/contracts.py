@@ -78,6 +78,9 @@ class CheckpointMetrics(Protocol):
     def checkpoint_duration(self) -> HistogramLike: ...
 
     @property
+    def checkpoint_pause(self) -> HistogramLike: ...
+
+    @property
     def state_quarantined(self) -> CounterLike: ...
 
 
@@ -115,3 +118,6 @@ class StateMetrics(CheckpointMetrics, RestoreMetrics, EvictionMetrics, Protocol)
 
     @property
     def producer_recreated(self) -> CounterLike: ...
+
+    @property
+    def checkpoint_age(self) -> GaugeLike: ...

@@ -39,7 +39,7 @@ RUNBOOK = DEPLOY / "RUNBOOK.md"
 
 K8S_VERSION = "1.31.0"  # the oldest Kubernetes these manifests support
 ALERTS = ("RnnwatchDown", "RnnwatchNotReady", "RnnwatchConsumerLagGrowing", "RnnwatchDeadLettersRising",
-          "RnnwatchAlertStorm", "RnnwatchRestoreSlow", "RnnwatchCommitFailures")
+          "RnnwatchAlertStorm", "RnnwatchCheckpointBehind", "RnnwatchRestoreSlow", "RnnwatchCommitFailures")
 # every variable Settings reads, except the password: it comes from the mounted Secret's file
 
 Doc = dict[str, Any]

@@ -154,6 +154,10 @@ def chunks(rows: list[Reading], size: int) -> list[list[Reading]]:
 
 @pytest.fixture(scope="module")
 def reference() -> dict[tuple[str, float], float]:
+    return uninterrupted_scores()
+
+
+def uninterrupted_scores() -> dict[tuple[str, float], float]:
     """Scores of one uninterrupted run: {(device, ts): score}."""
     pipe = build_pipeline(None, "cpu")
     out = {}

@@ -185,6 +185,62 @@ def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootst
     assert len(kills) == 5 and len(restored) >= 6 and max(restored) > 0
 
 
+def _log_events(path: Any) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.startswith(b"{")]
+
+
+def _kill_mid_write(proc: subprocess.Popen, path: Any, seen: int) -> tuple[bool, int]:
+    """Kill -9 the daemon as soon as it starts writing a background checkpoint of many states; return
+    (whether the kill landed before that checkpoint's states were acknowledged, events seen so far)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = _log_events(path)
+        started = [i for i, e in enumerate(events[seen:], seen)
+                   if e.get("event") == "checkpoint_started" and e.get("states", 0) >= 200]
+        if started:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            after = _log_events(path)[started[-1] + 1:]
+            return not any(e.get("event") == "checkpoint_written" for e in after), len(_log_events(path))
+        time.sleep(0.002)
+    raise AssertionError("no background checkpoint of 200+ states started within 30 s")
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_background_checkpoint_is_half_written(kafka_bootstrap, unique_topic_name, tmp_path):
+    """Each kill lands just after a checkpoint's snapshot, mostly while its states are being written (the
+    worker logs when they are acknowledged): the restarted daemon restores what was written, replays
+    from the last commit, and scores as if uninterrupted."""
+    messages = fleet(1000, 100_000, seed=13)  # 100 readings a device: past warm-up, scores matter
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4)
+    producer = threading.Thread(target=produce_paced, args=(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
+                                                            messages, 25.0))
+    path = tmp_path / "serve.log"
+    log = open(path, "wb")  # noqa: SIM115 - shared by the processes
+    proc, _ = start_serve(env, log)
+    producer.start()
+    landed, seen = 0, 0
+    try:
+        for _ in range(5):
+            mid_write, seen = _kill_mid_write(proc, path, seen)
+            landed += mid_write
+            proc, _ = start_serve(env, log)
+        producer.join(120)
+        scores_topic = env["RNNWATCH_SCORES_TOPIC"]
+        wait_for(lambda: len(published_scores(kafka_bootstrap, scores_topic)) >= len(messages), 180,
+                 "every reading scored")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    figures = assert_equal_to_reference(published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"]),
+                                        reference_scores(messages))
+    print(f"\nkill -9 x5 mid background checkpoint ({landed} before it was written): {figures}")
+    assert landed >= 1, "at least one kill must land while a checkpoint's states were being written"
+
+
 # ---- 1 → 3 → 1 daemons in one group ------------------------------------------------------------------------
 def test_one_three_one_daemons_share_the_partitions_and_score_as_one(kafka_bootstrap, unique_topic_name):
     messages = fleet(240, 24_000, seed=8)
@@ -339,3 +395,15 @@ def test_bench_restore_reports_bytes_per_device_and_rates(kafka_bootstrap):
     assert result["devices"] == 3000 and result["channels"] == 3
     assert 300 < result["bytes_per_device"] < 2_000
     assert result["restore_s"] > 0 and result["restore_states_per_s"] > 0
+
+
+def test_bench_checkpoint_writes_every_device_at_each_checkpoint_and_reports_both_phases(kafka_bootstrap):
+    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "bench", "checkpoint", "--devices", "2000",
+                           "--seconds", "4", "--interval-s", "1", "--bootstrap-servers", kafka_bootstrap,
+                           "--json"], capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    result = orjson.loads(proc.stdout.splitlines()[-1])
+    assert result["readings_per_s_off"] > 0 and result["readings_per_s_on"] > 0
+    assert result["dirty_per_checkpoint"] and set(result["dirty_per_checkpoint"]) == {2000}
+    assert result["states_written"] >= 2000 * len(result["dirty_per_checkpoint"])
+    assert len(result["dirty_per_checkpoint"]) >= 2, "a 4 s phase with a 1 s interval checkpoints repeatedly"

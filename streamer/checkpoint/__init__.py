@@ -1,8 +1,11 @@
 """Durable per-device state: checkpoints in a compacted changelog topic, restore on assignment.
 
-    state_codec   one device's state <-> compact bytes (versioned, checked)
+    state_schema  the payload layout, derived from the store's fields and columns
+    snapshot      a copy of the changed devices' states, taken between two batches
+    state_codec   device states <-> compact bytes (versioned, checked; encoded in bulk)
     changelog     write a partition's states / tombstones; read a partition to its end
-    checkpointer  dirty tracking per partition; flush outputs -> write state -> commit offsets
+    checkpointer  dirty tracking per partition; flush outputs -> snapshot -> write state -> commit
+    background    writes one checkpoint at a time in a worker thread while the loop scores
     restore       on assignment: read the changelog, install the newest state of every device
     eviction      RNNWATCH_MAX_DEVICES and RNNWATCH_DEVICE_TTL_S: least recently seen devices leave
     manager       the one object the daemon drives (rebalance hooks, periodic checkpoint, shutdown)

@@ -76,17 +76,21 @@ class ChangelogWriter:
         self.bytes_written = 0
         self.records_written = 0
 
-    def write(self, records: Iterable[Record], timeout_s: float = 20.0, reject: Reject | None = None) -> int:
+    def write(self, records: Iterable[Record], timeout_s: float = 20.0, reject: Reject | None = None,
+              *, beat: bool = True) -> int:
         """Send every record and wait until all are acknowledged; `CheckpointError` otherwise.
 
         `timeout_s` bounds each chunk of `chunk` records (so a big checkpoint gets more time). With
         `reject`, records refused for what they are go to it instead of failing the write.
+        `beat=False`: no heartbeat per chunk (a background write: the loop beats on its own, and the
+        heartbeat is not for other threads to call).
         """
         total = 0
         for chunk in _chunks(records, self.chunk):
             self._write_chunk(chunk, self._clock() + timeout_s, reject)
             total += len(chunk)
-            self._on_chunk()
+            if beat:
+                self._on_chunk()
         return total
 
     def _write_chunk(self, chunk: list[Record], deadline: float, reject: Reject | None = None) -> None:

@@ -4,9 +4,16 @@
     restore_pending (main loop)     read their changelog, install the states, resume them
     admit_and_score (main loop)     admit new devices within the budget (evicting others), score
     applied (main loop)             track what the acknowledged batch changed and where it ends
-    maybe_checkpoint (main loop)    every interval: TTL eviction, then flush → write state → commit
-    revoked (consumer IO thread)    checkpoint those partitions, then drop their devices
-    shutdown (main loop)            a last checkpoint of everything owned
+    maybe_checkpoint (main loop)    every interval: TTL eviction, flush outputs, snapshot the changed
+                                    states; a worker thread writes them (`background.py`) while the
+                                    loop scores on; the loop commits once they are acknowledged
+    revoked (consumer IO thread)    finish the background checkpoint, checkpoint those partitions,
+                                    then drop their devices
+    shutdown (main loop)            finish the background checkpoint, then a last one of everything owned
+
+Back-pressure: a checkpoint due while the previous one is still being written waits for it (scoring
+does not); it then holds every device changed since, so a checkpoint falls behind by at most one write
+time, and `rnnwatch_checkpoint_age_seconds` shows by how much (a crash replays that many seconds).
 
 kafka-python 3 runs rebalance listeners on the consumer's IO thread while the main thread waits in
 `poll`, so the hooks never race the main loop. A revoke checkpoint may take seconds; it runs in a
@@ -31,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamer.backoff import Backoff
+from streamer.checkpoint.background import BackgroundWriter
 from streamer.checkpoint.changelog import (
     ChangelogReader,
     ChangelogWriter,
@@ -38,7 +46,7 @@ from streamer.checkpoint.changelog import (
     restore_consumer_factory,
     topic_log_id,
 )
-from streamer.checkpoint.checkpointer import DIRTY, PARTITION, Checkpointer
+from streamer.checkpoint.checkpointer import DIRTY, PARTITION, Checkpointer, CheckpointJob
 from streamer.checkpoint.eviction import DeviceEvictor
 from streamer.checkpoint.restore import Restorer
 from streamer.checkpoint.state_codec import NO_LOG_ID
@@ -81,6 +89,9 @@ class StateManager:
         self._abandoned = False
         self._retry_at = 0.0
         self._backoff = Backoff()
+        self.background: BackgroundWriter[CheckpointJob] = BackgroundWriter(self.checkpointer.write)
+        self._finished_at = time.perf_counter()  # snapshot time of the last finished checkpoint
+        self._behind_since: float | None = None  # a checkpoint is due while the previous is written
 
     @classmethod
     def from_settings(cls, settings: Settings, pipeline: Scorer, producer_factory: Callable[[], Any], *,
@@ -119,6 +130,7 @@ class StateManager:
 
     def release(self, parts: set[int]) -> None:
         """Checkpoint the partitions (unless abandoned or not yet restored), then drop their devices."""
+        self._drain()  # the background checkpoint first: its commit covers these partitions too
         restored = parts - self.restorer.pending
         self.restorer.cancel(parts)
         self.owned -= parts
@@ -153,6 +165,7 @@ class StateManager:
             return
         self._ok()
         self.evictor.enforce()
+        self.checkpointer.warm_buffers()  # the first checkpoint's copy must not page-fault on the loop
         self._resume(pending & self.owned)
         self._gauges()
 
@@ -181,21 +194,66 @@ class StateManager:
         self._gauges()
 
     def maybe_checkpoint(self) -> None:
-        if not self.checkpointer.due():
+        """Commit a background checkpoint once written; every interval, snapshot the next one."""
+        self._collect(self.background.collect())
+        if self._metrics is not None:
+            self._metrics.checkpoint_age.set(self.checkpoint_age())
+        if not self.checkpointer.due() or self._abandoned:
+            return
+        if self.background.busy:
+            self._behind()
             return
         try:
             self.evictor.expire()
-            self.checkpointer.checkpoint(self.owned - self.restorer.pending)
-            self._ok()
+            job = self.checkpointer.begin(self.owned - self.restorer.pending)
         except (BrokerError, StateError) as exc:
             self._fail(f"checkpoint failed: {exc}")
+        else:
+            self.background.submit(job)
+            log.log(logging.INFO if len(job.snapshot) else logging.DEBUG,
+                    "checkpoint of partitions %s: %d states snapshotted in %.3f s (scoring paused that "
+                    "long); writing them in the background", job.partitions, len(job.snapshot), job.paused_s,
+                    extra={"event": "checkpoint_started", "states": len(job.snapshot)})
         finally:
             self.checkpointer.schedule()
 
+    def checkpoint_age(self) -> float:
+        """Seconds since the snapshot of the last finished checkpoint (or the start): what a crash replays."""
+        return time.perf_counter() - self._finished_at
+
+    def _collect(self, job: CheckpointJob | None) -> None:
+        """Finish a written background checkpoint: commit its offsets, or roll it back if it failed."""
+        if job is None or self._abandoned:
+            return
+        if self._behind_since is not None:
+            log.info("the late checkpoint is written after %.1f s; the next one starts now",
+                     time.perf_counter() - job.started, extra={"seconds": time.perf_counter() - job.started})
+            self._behind_since = None
+        try:
+            self.checkpointer.finish(job)
+        except (BrokerError, StateError) as exc:
+            self._fail(f"checkpoint failed: {exc}")
+            return
+        self._finished_at = job.started
+        self._ok()
+
+    def _behind(self) -> None:
+        if self._behind_since is None:
+            self._behind_since = time.perf_counter()
+            log.warning("a checkpoint is due but the previous one is still being written; the next one "
+                        "starts when it is acknowledged (scoring goes on; a crash now replays %.0f s of "
+                        "readings). If this repeats, see RUNBOOK.md RnnwatchCheckpointBehind",
+                        self.checkpoint_age(), extra={"event": "checkpoint_behind"})
+
+    def _drain(self) -> None:
+        """Wait for the background checkpoint in hand (revoke, shutdown) and finish it."""
+        self._collect(self.background.wait())
+
     def shutdown(self) -> None:
-        """A last checkpoint of every restored partition (a clean stop)."""
+        """Finish the background checkpoint, then a last one of every restored partition (a clean stop)."""
         if self._abandoned:
             return
+        self._drain()
         try:
             self.checkpointer.checkpoint(self.owned - self.restorer.pending)
         except (BrokerError, StateError) as exc:

@@ -19,46 +19,26 @@ this a last line of defence.
 
 from __future__ import annotations
 
-import numpy as np
-
-from streamer.checkpoint.state_codec import bookkeeping, encode_states
-from streamer.errors import StateError
-from streamer.scoring.state_store import StateStore
+from streamer.checkpoint.snapshot import StateSnapshot
+from streamer.checkpoint.state_codec import bookkeeping, encode_snapshot
 
 STATE_RECORD_MAX_BYTES = 1_000_000  # key + value of one state record; Kafka's default limit is 1,048,588
 QUARANTINED = bookkeeping("quarantined")  # store column: never written again while held (not serialised)
 
-Refused = list[tuple[int, str]]  # (slot, why)
+Refused = list[tuple[int, str]]  # (position in the snapshot, why)
 
 
-def encode_checkpointable(store: StateStore, slots: np.ndarray, model_version: str, log_id: bytes,
-                          max_bytes: int = STATE_RECORD_MAX_BYTES) -> tuple[np.ndarray, list[bytes], Refused]:
-    """Encode the states of `slots`: (slots encoded, their values, [(slot, why) refused]).
-
-    One encode call in the usual case; when the codec refuses a state, the slots are halved until
-    the culprits are found (a few calls per bad state, not one per device).
-    """
-    kept, values, refused = _bisect(store, np.asarray(slots, dtype=np.int64), model_version, log_id)
-    too_big = [j for j, (slot, value) in enumerate(zip(kept.tolist(), values, strict=True))
-               if len(value) + len((store.device_id(slot) or "").encode()) > max_bytes]
-    if not too_big:
-        return kept, values, refused
-    for j in too_big:
-        refused.append((int(kept[j]), f"its record of {len(values[j])} bytes is over the {max_bytes} bytes a "
-                                      "state record may take (fewer channels fit)"))
-    fine = np.ones(len(kept), dtype=bool)
-    fine[too_big] = False
-    return kept[fine], [v for v, ok in zip(values, fine.tolist(), strict=True) if ok], refused
-
-
-def _bisect(store: StateStore, slots: np.ndarray, model_version: str, log_id: bytes
-            ) -> tuple[np.ndarray, list[bytes], Refused]:
-    try:
-        return slots, encode_states(store, slots, model_version, log_id=log_id), []
-    except StateError as exc:
-        if len(slots) == 1:
-            return slots[:0], [], [(int(slots[0]), str(exc))]
-    mid = len(slots) // 2
-    a_slots, a_values, a_refused = _bisect(store, slots[:mid], model_version, log_id)
-    b_slots, b_values, b_refused = _bisect(store, slots[mid:], model_version, log_id)
-    return np.concatenate([a_slots, b_slots]), a_values + b_values, a_refused + b_refused
+def encode_checkpointable(snapshot: StateSnapshot, model_version: str, log_id: bytes,
+                          max_bytes: int = STATE_RECORD_MAX_BYTES) -> tuple[list[bytes], Refused]:
+    """Encode the snapshot's states: (values, [(position, why) refused]); a refused one's value is b""."""
+    refused: Refused = []
+    values = encode_snapshot(snapshot, model_version, log_id, refuse=lambda i, why: refused.append((i, why)))
+    if max(map(len, values), default=0) + max(map(len, snapshot.device_ids), default=0) * 4 <= max_bytes:
+        return values, refused  # the usual case: nothing near the limit (4: UTF-8 bytes per character)
+    for i, value in enumerate(values):
+        size = len(value) + len(snapshot.device_ids[i].encode())
+        if value and size > max_bytes:
+            refused.append((i, f"its record of {len(value)} bytes is over the {max_bytes} bytes a state "
+                               "record may take (fewer channels fit)"))
+            values[i] = b""
+    return values, refused

@@ -37,87 +37,41 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 import numpy as np
 import torch
 
+from streamer.checkpoint.snapshot import StateSnapshot, take_snapshot
+from streamer.checkpoint.state_schema import (
+    BOOKKEEPING_PREFIX,
+    HEADER_COLUMNS,
+    LOCAL_COLUMNS,
+    NO_LOG_ID,
+    StateSchema,
+    bookkeeping,
+    is_bookkeeping,
+)
 from streamer.errors import StateError
-from streamer.scoring.state_store import ROW_FIELDS, Block, StateStore
+from streamer.scoring.state_store import StateStore
+
+__all__ = ["BOOKKEEPING_PREFIX", "FORMAT", "HEADER_COLUMNS", "LOCAL_COLUMNS", "NO_LOG_ID", "StateRecord",
+           "StateSchema", "bookkeeping", "decode_state", "encode_snapshot", "encode_states",
+           "install_states", "is_bookkeeping"]
 
 FORMAT = 1
 MAGIC = b"RWS"
-HEADER_COLUMNS = ("n_channels", "source_offset", "last_ts")
-LOCAL_COLUMNS = ("row_start",)
-BOOKKEEPING_PREFIX = "ckpt_"
 _POSITIONAL = 0
 _NAMED = 1
 _HEAD = struct.Struct("<3sBBHIqdI16s")
-NO_LOG_ID = bytes(16)
+_HEAD_DTYPE = np.dtype([("magic", "S3"), ("format", "u1"), ("flags", "u1"), ("n_channels", "<u2"),
+                        ("schema", "<u4"), ("source_offset", "<i8"), ("last_ts", "<f8"),
+                        ("payload_len", "<u4"), ("log_id", "S16")])  # _HEAD as a numpy record (47 bytes)
 _LEN = struct.Struct("<H")
 _U32 = struct.Struct("<I")  # the crc32 trailer and the channel-names block length
-
-
-def bookkeeping(name: str) -> str:
-    """The store column `name` of the checkpointer's bookkeeping: kept in memory, never serialised."""
-    return BOOKKEEPING_PREFIX + name
-
-
-def is_bookkeeping(column: str) -> bool:
-    return column.startswith(BOOKKEEPING_PREFIX)
-
-
-@dataclass(frozen=True)
-class StateSchema:
-    """The payload layout: (name, little-endian dtype, width) of every row field and column, and
-    (name, dtype, layout tag) of every cell block."""
-
-    rows: tuple[tuple[str, str, int], ...]
-    cols: tuple[tuple[str, str, int], ...]
-    blocks: tuple[Block, ...] = ()
-
-    @classmethod
-    def of(cls, store: StateStore) -> StateSchema:
-        rows = tuple((name, _le(torch.empty(0, dtype=dt).numpy().dtype), w or store.state_size)
-                     for name, (dt, w) in ROW_FIELDS.items())
-        skip = (*HEADER_COLUMNS, *LOCAL_COLUMNS, *(b.start_column for b in store.block_fields.values()))
-        cols = tuple((c.name, _le(np.dtype(c.dtype)), c.width) for c in store.columns.values()
-                     if c.name not in skip and not is_bookkeeping(c.name))
-        return cls(rows, cols, tuple(store.block_fields.values()))
-
-    @property
-    def text(self) -> str:
-        parts = [f"{kind}:{n}:{d}:{w}" for kind, part in (("r", self.rows), ("c", self.cols))
-                 for n, d, w in part]
-        parts += [f"b:{b.name}:{_le(_np_dtype(b.dtype))}:{b.tag}" for b in self.blocks]
-        return ";".join(parts)
-
-    @cached_property
-    def fingerprint(self) -> int:
-        return zlib.crc32(self.text.encode())
-
-    def dtype(self, n_channels: int) -> np.dtype:
-        """Structured dtype of one payload: rows (n_channels, width) then columns (width,)."""
-        return _payload_dtype(self, n_channels)
-
-
-@lru_cache(maxsize=256)
-def _payload_dtype(schema: StateSchema, n_channels: int) -> np.dtype:
-    fields: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
-        (f"r:{n}", d, (n_channels, w) if w > 1 else (n_channels,)) for n, d, w in schema.rows]
-    fields += [(f"c:{n}", d, (w,)) if w > 1 else (f"c:{n}", d) for n, d, w in schema.cols]
-    fields += [(f"b:{b.name}", _le(_np_dtype(b.dtype)), (b.cells(n_channels),)) for b in schema.blocks]
-    return np.dtype(fields)
-
-
-def _np_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def _le(dtype: np.dtype) -> str:
-    return dtype.newbyteorder("<").str if dtype.itemsize > 1 else dtype.str
+assert _HEAD_DTYPE.itemsize == _HEAD.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,55 +93,88 @@ class StateRecord:
 
 
 # ---- encode ---------------------------------------------------------------------------------------
+Refuse = Callable[[int, str], None]  # (position in the snapshot, why): a state the codec cannot encode
+
+
 def encode_states(store: StateStore, slots: np.ndarray, model_version: str,
                   schema: StateSchema | None = None, log_id: bytes = NO_LOG_ID) -> list[bytes]:
     """One value per slot (same order), for devices held in `store`; `log_id`: see the module doc."""
+    return encode_snapshot(take_snapshot(store, slots, schema), model_version, log_id)
+
+
+def encode_snapshot(snapshot: StateSnapshot, model_version: str, log_id: bytes = NO_LOG_ID,
+                    refuse: Refuse | None = None) -> list[bytes]:
+    """One value per device of the snapshot (same order); any thread (the snapshot is a copy).
+
+    Vectorised: per distinct channel count, one structured array holds every payload and one holds
+    every header; the only per-device Python work is joining the parts and the crc32. A state the
+    codec cannot encode (an id or channel name over 64 KiB) raises `StateError`, or with `refuse` is
+    handed to it and gets an empty value.
+    """
     if len(log_id) != 16:
         raise StateError(f"log id must be 16 bytes (a topic id), got {len(log_id)}")
-    schema = schema or StateSchema.of(store)
-    slots = np.asarray(slots, dtype=np.int64)
-    out: list[bytes] = [b""] * len(slots)
-    counts = store.cols["n_channels"][slots].astype(np.int64)
+    out: list[bytes] = [b""] * len(snapshot)
     version = _text(model_version, "model version")
-    fingerprint = schema.fingerprint
-    for c in np.unique(counts).tolist():
-        where = np.flatnonzero(counts == c)
-        payloads = _pack(store, schema, slots[where], c)
-        size = schema.dtype(c).itemsize
+    for c in np.unique(snapshot.n_channels).tolist():
+        where = np.flatnonzero(snapshot.n_channels == c)  # (w,)
+        payloads = _bytes_of(_pack(snapshot, where, c))  # no copy: a bulk copy would hold the GIL
+        heads = _bytes_of(_heads(snapshot, where, c, log_id))
+        size, head = snapshot.schema.dtype(c).itemsize, _HEAD.size
+        ids, names = snapshot.device_ids, snapshot.channels
         for j, i in enumerate(where.tolist()):
-            slot = int(slots[i])
-            out[i] = _frame(store, slot, c, fingerprint, version, payloads[j * size:(j + 1) * size], log_id)
+            try:
+                parts: list[bytes | memoryview] = [heads[j * head:(j + 1) * head], _text(ids[i], "device id"),
+                                                   version]
+                if names[i] is not None:
+                    parts.append(_names_block(names[i]))
+            except StateError as exc:
+                if refuse is None:
+                    raise
+                refuse(i, str(exc))
+                continue
+            parts.append(payloads[j * size:(j + 1) * size])
+            body = b"".join(parts)
+            out[i] = body + _U32.pack(zlib.crc32(body))
     return out
 
 
-def _pack(store: StateStore, schema: StateSchema, slots: np.ndarray, c: int) -> bytes:
-    """Payloads of devices with c channels, concatenated: (m,) slots -> m * itemsize bytes."""
-    packed = np.empty(len(slots), dtype=schema.dtype(c))
-    rows = store.rows_of(slots)[0]
-    rows_t = torch.from_numpy(rows).to(store.device)
+def _bytes_of(records: np.ndarray) -> memoryview:
+    """The raw bytes of a contiguous structured array, without copying them."""
+    return np.ascontiguousarray(records).view(np.uint8).data  # (w * itemsize,) bytes
+
+
+def _pack(snapshot: StateSnapshot, where: np.ndarray, c: int) -> np.ndarray:
+    """Payloads of the devices at `where` (all with c channels): (w,) records of `schema.dtype(c)`."""
+    schema = snapshot.schema
+    packed = np.empty(len(where), dtype=schema.dtype(c))  # (w,) one record per device
+    whole = len(where) == len(snapshot)  # the usual case: one channel count, no gather
+    rows = None if whole else snapshot.row_spans(where)
     for name, _, _ in schema.rows:
-        values = store.rows[name][rows_t].cpu().numpy()  # (m * c, w) or (m * c,)
+        values = snapshot.rows[name] if rows is None else snapshot.rows[name][rows]  # (w * c, ...)
         packed[f"r:{name}"] = values.reshape(packed[f"r:{name}"].shape)
     for name, _, _ in schema.cols:
-        packed[f"c:{name}"] = store.cols[name][slots]
+        packed[f"c:{name}"] = snapshot.cols[name] if whole else snapshot.cols[name][where]
     for block in schema.blocks:
-        cells = torch.from_numpy(store.cells_of(slots, block.name)).to(store.device)
-        packed[f"b:{block.name}"] = store.blocks[block.name][cells].cpu().numpy().reshape(len(slots), -1)
-    return packed.tobytes()
+        cells = snapshot.blocks[block.name]
+        cells = cells if whole else cells[snapshot.cell_spans(block.name, where)]
+        packed[f"b:{block.name}"] = cells.reshape(len(where), -1)
+    return packed
 
 
-def _frame(store: StateStore, slot: int, c: int, fingerprint: int, version: bytes, payload: bytes,
-           log_id: bytes) -> bytes:
-    names = store.channel_names(slot)
-    flags = _NAMED if names is not None else _POSITIONAL
-    head = _HEAD.pack(MAGIC, FORMAT, flags, c, fingerprint, int(store.cols["source_offset"][slot]),
-                      float(store.cols["last_ts"][slot]), len(payload), log_id)
-    parts = [head, _text(store.device_id(slot) or "", "device id"), version]
-    if names is not None:
-        parts.append(_names_block(names))
-    parts.append(payload)
-    body = b"".join(parts)
-    return body + _U32.pack(zlib.crc32(body))
+def _heads(snapshot: StateSnapshot, where: np.ndarray, c: int, log_id: bytes) -> np.ndarray:
+    """The fixed headers of the devices at `where` (all with c channels): (w,) of `_HEAD_DTYPE`."""
+    heads = np.empty(len(where), dtype=_HEAD_DTYPE)
+    heads["magic"] = MAGIC
+    heads["format"] = FORMAT
+    heads["flags"] = np.fromiter((snapshot.channels[i] is not None for i in where.tolist()), dtype=bool,
+                                 count=len(where)).astype(np.uint8) * _NAMED
+    heads["n_channels"] = c
+    heads["schema"] = snapshot.schema.fingerprint
+    heads["source_offset"] = snapshot.source_offset[where]
+    heads["last_ts"] = snapshot.last_ts[where]
+    heads["payload_len"] = snapshot.schema.dtype(c).itemsize
+    heads["log_id"] = log_id
+    return heads
 
 
 @lru_cache(maxsize=1024)

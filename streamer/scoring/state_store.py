@@ -20,9 +20,11 @@ block tensors (block_capacity,).
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -133,6 +135,15 @@ class StateStore:
     def row_capacity(self) -> int:
         return int(self.rows["hidden"].shape[0])
 
+    @property
+    def rows_used(self) -> int:
+        """Rows handed out so far (in use or free for reuse): every device's rows lie below it."""
+        return self._rows_used
+
+    def cells_used(self, name: str) -> int:
+        """Cells of block `name` handed out so far: every device's cells lie below it."""
+        return self._cells_used[name]
+
     def __len__(self) -> int:
         return len(self._slot)
 
@@ -172,6 +183,14 @@ class StateStore:
 
     def device_ids(self) -> list[str]:
         return list(self._slot)
+
+    def ids_and_names(self, slots: np.ndarray) -> tuple[list[str], list[tuple[str, ...] | None]]:
+        """Device ids and channel names of these *live* slots: (m,) -> two lists of m."""
+        where = np.asarray(slots).tolist()
+        if len(where) < 2:
+            return [self._ids[s] or "" for s in where], [self._names[s] for s in where]
+        pick = operator.itemgetter(*where)  # one C call per list, not a Python loop per device
+        return cast(list[str], list(pick(self._ids))), list(pick(self._names))
 
     def slots_for(
         self,
@@ -326,7 +345,7 @@ class StateStore:
         if n and counts.min() < 1:
             raise StateError("a restored device needs at least one channel")
         starts = np.full(n, -1, dtype=np.int64)  # reuse freed row blocks of the same size first
-        for i, c in enumerate(counts.tolist()):
+        for i, c in enumerate(counts.tolist() if any(self._free_rows.values()) else ()):
             if self._free_rows.get(c):
                 starts[i] = self._free_rows[c].pop()
         new = starts < 0
@@ -354,10 +373,10 @@ class StateStore:
 
     def _install_cells(self, block: Block, counts: np.ndarray) -> np.ndarray:
         """Cell starts for devices of these channel counts (n,): freed blocks first, then appended."""
-        sizes = np.array([block.cells(c) for c in counts.tolist()], dtype=np.int64)
+        sizes = _cells_for(block, counts)
         starts = np.full(len(sizes), -1, dtype=np.int64)
         free = self._free_cells[block.name]
-        for i, size in enumerate(sizes.tolist()):
+        for i, size in enumerate(sizes.tolist() if any(free.values()) else ()):
             if free.get(size):
                 starts[i] = free[size].pop()
         new = starts < 0
@@ -378,8 +397,7 @@ class StateStore:
     def cells_of(self, slots: np.ndarray, name: str) -> np.ndarray:
         """Flat cell indices of these devices' `name` blocks, device after device: (m,) -> (k,) int64."""
         block = self.block_fields[name]
-        counts = self.cols["n_channels"][slots].astype(np.int64)
-        sizes = np.array([block.cells(c) for c in counts.tolist()], dtype=np.int64)
+        sizes = _cells_for(block, self.cols["n_channels"][slots])  # (m,)
         owner = np.repeat(np.arange(len(slots)), sizes)
         first = np.repeat(np.cumsum(sizes) - sizes, sizes)
         return self.cols[block.start_column][slots][owner] + (np.arange(len(owner)) - first)
@@ -468,3 +486,12 @@ class StateStore:
         rows = sum(t.element_size() * t.nelement() for t in (*self.rows.values(), *self.blocks.values()))
         cols = sum(a.nbytes for a in self.cols.values())
         return rows + cols + len(self._slot) * (sys.getsizeof("device-000000") + 116)
+
+
+def _cells_for(block: Block, n_channels: np.ndarray) -> np.ndarray:
+    """`block.cells(c)` of every device: (m,) channel counts -> (m,) int64, one call per distinct count."""
+    if len(n_channels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct, inverse = np.unique(n_channels, return_inverse=True)
+    per_count = np.array([block.cells(int(c)) for c in distinct.tolist()], dtype=np.int64)
+    return per_count[inverse.reshape(-1)]

@@ -144,7 +144,15 @@ class Metrics:
             "rnnwatch_checkpoints_total",
             "Checkpoints completed (flush outputs, write device states, commit offsets).")
         self.checkpoint_duration = self._histogram(
-            "rnnwatch_checkpoint_duration_seconds", "Wall time of one checkpoint.", LATENCY_BUCKETS)
+            "rnnwatch_checkpoint_duration_seconds",
+            "Wall time of one checkpoint, snapshot to commit (written in the background).", LATENCY_BUCKETS)
+        self.checkpoint_pause = self._histogram(
+            "rnnwatch_checkpoint_pause_seconds",
+            "Time a checkpoint held the scoring loop (flush outputs and the snapshot copy).", LATENCY_BUCKETS)
+        self.checkpoint_age = self._gauge(
+            "rnnwatch_checkpoint_age_seconds",
+            "Seconds since the snapshot of the last finished checkpoint: the readings a crash would "
+            "replay. Over a few checkpoint intervals: the checkpoint is falling behind (RUNBOOK.md).")
         self.producer_recreated = self._counter(
             "rnnwatch_producer_recreated_total", "Kafka producers closed and built anew after a fatal error.")
 

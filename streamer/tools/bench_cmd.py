@@ -1,10 +1,13 @@
-"""`rnnwatch bench {scoring,e2e,restore,message}`: benchmarks, each printing one JSON object with --json.
+"""`rnnwatch bench {scoring,e2e,restore,checkpoint,message}`: benchmarks, one JSON object each with --json.
 
 - `scoring`: the scoring pipeline alone against its bare recurrent cell (`streamer.tools.bench_scoring`).
 - `e2e`: the daemon on a real broker against the bare client's consume+decode rate, plus reading→alert
   latency (`streamer.tools.bench_e2e`).
 - `restore`: N device states written to a state changelog and restored, bytes per device
   (`streamer.tools.bench_restore`).
+- `checkpoint`: the scoring loop over N active devices with checkpoints off, then on (background
+  writes), all devices dirty at each; readings/s of both, the longest pause
+  (`streamer.tools.bench_checkpoint`).
 - `message`: the worst message the limits allow, decoded and scored in the daemon's chunks
   (`streamer.tools.bench_message`).
 
@@ -25,6 +28,8 @@ BENCHMARKS = {
     "scoring": ("streamer.tools.bench_scoring", "scoring pipeline vs bare recurrent cell, no Kafka"),
     "e2e": ("streamer.tools.bench_e2e", "daemon on a real broker vs raw consume+decode; alert latency"),
     "restore": ("streamer.tools.bench_restore", "write N device states to a changelog and restore them"),
+    "checkpoint": ("streamer.tools.bench_checkpoint",
+                   "scoring N devices with background checkpoints vs without; longest pause"),
     "message": ("streamer.tools.bench_message", "the worst message the limits allow, scored in chunks"),
 }
 

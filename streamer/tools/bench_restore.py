@@ -7,7 +7,9 @@ runs on assignment (timed), and checks that every device came back bit for bit o
 
 Reports the changelog bytes per device (key + value, as the writer sent them; the broker's own record
 overhead is not included), both rates, the restore's CPU seconds and the machine's load average (a
-restore is CPU-bound: on a shared machine its wall time stretches with the load). Without
+restore is CPU-bound: on a shared machine its wall time stretches with the load). What bounds each:
+the producer's CPU per state sent (`send_cpu_us_per_state`, encoding excluded) and a second read of
+the whole changelog by the same consumer doing nothing with the records (`read_only_s`). Without
 `--bootstrap-servers` an embedded broker is started for the run (memory storage: the changelog is
 gone afterwards).
 """
@@ -81,18 +83,20 @@ def _write_phase(args: argparse.Namespace, kafka: Any, topic: str) -> tuple[Any,
 
     writer = ChangelogWriter(producer, topic)
     partitions = np.arange(args.devices) % args.partitions
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     values = encode_states(source.store, slots, source.model_version)
-    encode_s = time.perf_counter() - started
+    encode_s, encode_cpu = time.perf_counter() - started, _cpu_s()
     ids = [source.store.device_id(s) or "" for s in slots.tolist()]
     writer.write(zip(partitions.tolist(), ids, values, strict=True), timeout_s=120.0)
     write_s = time.perf_counter() - started
+    send_cpu_s = _cpu_s() - encode_cpu
     writer.close()
     return source, ids, {
         "bytes_per_device": round(writer.bytes_written / args.devices, 1),
         "changelog_mb": round(writer.bytes_written / 2**20, 1),
-        "encode_s": round(encode_s, 2), "write_s": round(write_s, 2),
-        "write_states_per_s": round(args.devices / write_s),
+        "encode_s": round(encode_s, 2), "encode_cpu_s": round(encode_cpu - cpu, 2),
+        "write_s": round(write_s, 2), "write_states_per_s": round(args.devices / write_s),
+        "send_cpu_us_per_state": round(send_cpu_s / args.devices * 1e6, 1),  # the kafka-python producer
     }
 
 
@@ -111,8 +115,14 @@ def _restore_phase(args: argparse.Namespace, kafka: Any, topic: str, version: st
     restore_s, restore_cpu_s = time.perf_counter() - started, _cpu_s() - cpu
     if restored != args.devices:
         raise AssertionError(f"restored {restored} devices, wrote {args.devices}")
+    cpu, started = _cpu_s(), time.perf_counter()
+    bare = ChangelogReader(restore_consumer_factory(kafka), topic)
+    read = bare.read(range(args.partitions), lambda _: None)
+    read_only_s, read_only_cpu_s = time.perf_counter() - started, _cpu_s() - cpu
     return {"restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
-            "restore_cpu_s": round(restore_cpu_s, 2), "store": target.store}
+            "restore_cpu_s": round(restore_cpu_s, 2), "store": target.store,
+            "read_only_s": round(read_only_s, 2),  # the consumer alone: fetch and parse, nothing decoded
+            "read_only_cpu_s": round(read_only_cpu_s, 2), "read_only_records": read}
 
 
 def _cpu_s() -> float:
