@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -112,6 +113,7 @@ def test_the_daemon_scores_a_big_poll_in_chunks_with_a_heartbeat_between_them():
     assert daemon.accounting.totals["consumed"] == 302
 
 
+@pytest.mark.slow  # the benchmark at its full size
 def test_bench_message_reports_the_chunks_of_the_worst_message(capsys):
     from streamer.cli import main
 

@@ -46,7 +46,7 @@ def _batch(rows: list[tuple[str, float, list[float]]]) -> ReadingBatch:
     return ReadingBatch.from_rows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", pytest.param("lstm", marks=pytest.mark.slow)])
 def test_batched_equals_sequential(cell: str) -> None:
     rows = _stream(n_devices=12, n_steps=90)
     batched = ScoringPipeline(_artifact(cell))
@@ -294,6 +294,7 @@ def test_four_channel_state_fits_in_one_kib() -> None:
     assert _shipped().store.bytes_per_device(4) <= 1024
 
 
+@pytest.mark.slow  # two replays of 900 readings
 def test_alert_ids_are_deterministic_across_replays() -> None:
     values = _sine_stream(900, 11, spike_at=600)
     _, first = _episodes(_shipped(), values)
@@ -324,7 +325,7 @@ def test_attribution_names_the_faulty_channel() -> None:
     assert shares["b"].direction == "below"
 
 
-@pytest.mark.parametrize("margin", [0.05, float("inf")])
+@pytest.mark.parametrize("margin", [0.05, pytest.param(float("inf"), marks=pytest.mark.slow)])
 def test_a_value_beyond_the_running_range_scores_high_at_once(margin: float) -> None:
     """Bounded noise in [0, 1], then 1.2: beyond the running max by 20 % of the range, though only ~2.4
     sigma from the mean. The out-of-range rule lifts it to at least `range_lift` (0.5); without the rule
