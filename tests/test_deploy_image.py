@@ -40,7 +40,7 @@ def test_the_image_installs_only_what_serve_needs() -> None:
     installs = re.findall(r"/opt/rnnwatch/bin/pip install (.+?)(?:\s*\\|$)", dockerfile(), re.M)
     project_install = [line for line in installs if "torch==" not in line]
     wanted = f'".[{",".join(IN_THE_IMAGE)}]"'
-    assert project_install == [wanted], f"the image installs the project with {wanted} only, got {project_install}"
+    assert project_install == [wanted], f"the image installs the project with {wanted}, got {project_install}"
     for extra, package in IN_THE_IMAGE.items():
         assert package not in runtime, f"{package} stays optional: kafka-python is the fallback"
         assert any(dep.startswith(package) for dep in project["optional-dependencies"][extra])
