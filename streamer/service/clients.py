@@ -89,10 +89,14 @@ def make_producer(settings: Settings) -> Any:
     if resolve_client(settings.kafka_client) == "confluent":
         from streamer.kafka.confluent_producer import ConfluentProducer
 
+        # A librdkafka producer whose broker restarted may never deliver again (tansu: its idempotent
+        # state is gone), so records time out within a third of the deadline: the publisher then has
+        # the time to build a new producer and send them again.
+        message_ms = max(timeout_ms // 3, 2000)
         return ConfluentProducer(librdkafka_config(
             settings.kafka, **{
                 "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                "request.timeout.ms": request_ms, "message.timeout.ms": max(timeout_ms, request_ms + 100),
+                "request.timeout.ms": max(message_ms // 2, 1000), "message.timeout.ms": message_ms,
                 "message.max.bytes": max_request, "logger": _librdkafka_logger()}),
             max_block_s=settings.publish_timeout_s)
     from kafka import KafkaProducer
