@@ -85,9 +85,9 @@ class ConfluentProducer:
         self._unserved = 0
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush (up to `timeout` s; 0: drop what is queued) and let librdkafka go."""
-        if timeout:
-            self._producer.flush(timeout)
+        """Flush (up to `timeout` s, None: until done; 0: drop what is queued) and let librdkafka go."""
+        if timeout is None or timeout > 0:
+            self.flush(timeout)
         else:
             self._producer.purge()
             self._producer.poll(0)  # the purged records' futures fail now, not never
