@@ -250,7 +250,7 @@ def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
         return timed[-1]
 
     with RunningDaemon(settings, build_pipeline(settings.model, settings.device), factory) as daemon:
-        wait_until(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read the topic")
+        wait_until(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read it")
         batches = daemon.accounting.totals["batches"]
     t = timed[0]
     elapsed = (t.last_commit or 0.0) - (t.first_poll or 0.0)

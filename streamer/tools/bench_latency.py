@@ -31,7 +31,7 @@ def alert_latency(settings: Any, rate: float, seconds: float, devices: int, chan
         proc.start()
         sent = done.get(timeout=seconds + 120)
         proc.join(30)
-        wait_until(lambda: daemon.accounting.totals["consumed"] >= sent["readings"], 300, "the paced readings")
+        wait_until(lambda: daemon.accounting.totals["consumed"] >= sent["readings"], 300, "paced readings")
     alerts = read_all(settings, settings.alerts_topic)
     lat = np.array([rec.timestamp / 1000.0 - a["ts"] for rec, a in alerts if a["state"] == "firing"])
     return {
