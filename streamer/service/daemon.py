@@ -10,9 +10,10 @@ be delivered again to their new owner, whose restored states skip what they alre
 
 Pipelined: a batch's output is sent and the loop moves on; the broker's acknowledgement is awaited
 where the contract needs it, in the checkpoint's "flush outputs" step (also on revoke and at stop),
-and whenever more than `--max-in-flight-records` / `--max-in-flight-bytes` of output is
-unacknowledged (`output_window.py`, back-pressure). Meanwhile the clients fetch the next records in
-their own threads. The poll size follows the backlog (`batch_size.py`): small batches when caught up
+whenever more than `--max-in-flight-records` / `--max-in-flight-bytes` of output is unacknowledged
+(`output_window.py`, back-pressure), and after a poll that found the loop caught up (fewer records
+than asked: waiting costs no throughput then, and what the metrics count as scored is acknowledged).
+Meanwhile the clients fetch the next records in their own threads. The poll size follows the backlog (`batch_size.py`): small batches when caught up
 (latency), up to `--max-poll-records` under backlog (throughput). The client library is
 kafka-python or librdkafka (`RNNWATCH_KAFKA_CLIENT`, `clients.py`), behind the same contracts.
 
@@ -118,11 +119,12 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._beat()
-                polled = consumer.poll(self.settings.poll_timeout_ms, self.batch_sizer.size)
+                asked = self.batch_sizer.size
+                polled = consumer.poll(self.settings.poll_timeout_ms, asked)
                 self.batch_sizer.observe(len(polled))
                 state.restore_pending()  # newly assigned partitions: restored before they are scored
                 if polled:
-                    self._process(publisher, state, polled)
+                    self._process(publisher, state, polled, caught_up=len(polled) < asked)
                 state.maybe_checkpoint()
             state.shutdown()
         except BaseException:
@@ -132,23 +134,29 @@ class Daemon:
             self._close()
         return 0
 
-    def _process(self, publisher: Publisher, state: StateManager, polled: Polled) -> None:
+    def _process(self, publisher: Publisher, state: StateManager, polled: Polled, *, caught_up: bool) -> None:
+        """Decode, score and publish a poll; `caught_up` (it brought fewer records than asked): its output is
+        confirmed before it is counted, since waiting costs nothing then."""
         decoded = self.decoder.decode(polled.records)
         offsets = {tp.partition: offset for tp, offset in polled.offsets.items()}
         chunks = wave_chunks(decoded.batch, self.settings.max_readings_per_message)
         if chunks is None:
-            self._process_chunk(publisher, state, polled, decoded.batch, decoded.dead_letters, offsets)
+            self._process_chunk(publisher, state, polled, decoded.batch, decoded.dead_letters, offsets,
+                                confirm=caught_up)
             return
         for k, rows in enumerate(chunks):  # decoder dead letters go with the first, the offsets with the last
             last = k == len(chunks) - 1
             self._process_chunk(publisher, state, polled, decoded.batch.take(rows),
-                                decoded.dead_letters if k == 0 else [], offsets if last else {})
+                                decoded.dead_letters if k == 0 else [], offsets if last else {},
+                                confirm=caught_up and last)
             if not last:
                 self._beat()
 
     def _process_chunk(self, publisher: Publisher, state: StateManager, polled: Polled, batch: ReadingBatch,
-                       dead_letters: Sequence[DeadLetter], offsets: Mapping[int, int]) -> None:
-        """Score, publish and track one chunk of a poll; wait for the broker only when the window is full."""
+                       dead_letters: Sequence[DeadLetter], offsets: Mapping[int, int], *,
+                       confirm: bool) -> None:
+        """Score, publish and track one chunk of a poll; wait for the broker when `confirm` or the window is
+        full."""
         t0 = time.perf_counter()
         scored = state.admit_and_score(batch)
         latency = time.perf_counter() - t0  # rnnwatch_scoring_latency_seconds: the pipeline alone
@@ -156,9 +164,12 @@ class Daemon:
         publisher.publish_dead_letters([*dead_letters, *refused])
         publisher.publish_alerts(scored.events)
         publisher.publish_scores(batch, scored)
-        state.applied(batch, scored, offsets)  # committed only after the checkpoint's flush confirms it
-        assert self.window is not None, "_start builds it with the publisher"
-        self.window.after_batch(publisher)
+        if confirm:
+            self._confirm(publisher)
+        else:
+            assert self.window is not None, "_start builds it with the publisher"
+            self.window.after_batch(publisher)
+        state.applied(batch, scored, offsets)  # committed only after a checkpoint's flush confirmed it
         decoded = Decoded(batch=batch, dead_letters=list(dead_letters), messages=0)
         self.accounting.account(decoded, scored, latency, self._clock(), refused)
 
