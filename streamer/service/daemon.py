@@ -13,8 +13,9 @@ where the contract needs it, in the checkpoint's "flush outputs" step (also on r
 whenever more than `--max-in-flight-records` / `--max-in-flight-bytes` of output is unacknowledged
 (`output_window.py`, back-pressure), and after a poll that found the loop caught up (fewer records
 than asked: waiting costs no throughput then, and what the metrics count as scored is acknowledged).
-Meanwhile the clients fetch the next records in their own threads. The poll size follows the backlog (`batch_size.py`): small batches when caught up
-(latency), up to `--max-poll-records` under backlog (throughput). The client library is
+Meanwhile the clients fetch the next records in their own threads. The poll size follows the backlog
+(`batch_size.py`): small batches when caught up (latency), up to `--max-poll-records` under backlog
+(throughput). The client library is
 kafka-python or librdkafka (`RNNWATCH_KAFKA_CLIENT`, `clients.py`), behind the same contracts.
 
 Bounded time per poll step: a poll's readings are scored in chunks of at most
