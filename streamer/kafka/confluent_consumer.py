@@ -13,7 +13,10 @@ the daemon and its state manager do not know which client they drive:
   loop. The assignment is installed *before* the assigned hook runs, so the hook can pause the
   partitions (state restore) before anything of them is fetched. A hook that returns an awaitable
   (the state manager's `async` revoke) is driven here, sleeping 10 ms whenever it yields: librdkafka
-  keeps heartbeating on its own threads meanwhile.
+  keeps heartbeating on its own threads meanwhile. That hook checkpoints on a worker thread, and its
+  offset commit must not run there: librdkafka holds a synchronous commit back until the rebalance
+  callback returns, which waits for the worker (a deadlock). So while a callback runs, `commit` from
+  another thread is handed to the polling thread, which performs it between the hook's steps.
 
 `poll(timeout_ms, max_records)` returns what librdkafka has already fetched, at once, and only waits
 (up to `timeout_ms`) when that is nothing: a caught-up daemon gets small batches quickly, a lagging
@@ -23,9 +26,11 @@ one full batches.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamer.ingest.dead_letter import RawRecord
@@ -34,6 +39,15 @@ from streamer.kafka.consumer import CommitError, PartitionsHook, Polled
 log = logging.getLogger(__name__)
 
 AWAIT_STEP_S = 0.01  # how often a hook's awaitable is stepped while it waits on a worker thread
+
+
+@dataclass(slots=True)
+class _Handoff:
+    """A commit asked for on another thread while a rebalance callback runs on the polling thread."""
+
+    offsets: dict[Any, int]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
 
 class ConfluentGroupConsumer:
@@ -53,6 +67,8 @@ class ConfluentGroupConsumer:
         self._committed: dict[Any, int] = {}
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self.rebalances = 0
+        self._callback_thread: int | None = None  # the polling thread, while a rebalance callback runs
+        self._handoffs: queue.SimpleQueue[_Handoff] = queue.SimpleQueue()
         self._consumer = consumer_factory()
         self._consumer.subscribe([topic], on_assign=self._assign, on_revoke=self._revoke,
                                  on_lost=self._revoke)
@@ -79,8 +95,27 @@ class ConfluentGroupConsumer:
             return
         log.info("partitions %s: %s", what, sorted(tp.partition for tp in changed),
                  extra={"topic": self.topic, "assigned": sorted(tp.partition for tp in now)})
-        if hook is not None:
-            run_to_completion(hook(changed))
+        if hook is None:
+            return
+        self._callback_thread = threading.get_ident()
+        try:
+            run_to_completion(hook(changed), between=self._serve_handoffs)
+        finally:
+            self._callback_thread = None
+            self._serve_handoffs()
+
+    def _serve_handoffs(self) -> None:
+        while True:
+            try:
+                handoff = self._handoffs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._commit(handoff.offsets)
+            except BaseException as exc:  # handed back to the thread that asked
+                handoff.error = exc
+            finally:
+                handoff.done.set()
 
     @property
     def assigned(self) -> frozenset[Any]:
@@ -114,10 +149,22 @@ class ConfluentGroupConsumer:
 
     def commit(self, offsets: dict[Any, int], timeout_ms: int = 30_000) -> None:
         """Commit {TopicPartition: next offset}; `CommitError` when the group did not take it."""
-        from confluent_kafka import TopicPartition
-
         if not offsets:
             return
+        callback = self._callback_thread
+        if callback is None or callback == threading.get_ident():
+            self._commit(offsets)
+            return
+        handoff = _Handoff(dict(offsets))
+        self._handoffs.put(handoff)
+        if not handoff.done.wait(timeout_ms / 1000):
+            raise CommitError(f"offset commit of {len(offsets)} partitions not done within {timeout_ms} ms "
+                              "(handed to the polling thread during a rebalance)")
+        if handoff.error is not None:
+            raise handoff.error
+
+    def _commit(self, offsets: dict[Any, int]) -> None:
+        from confluent_kafka import TopicPartition
         request = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
         try:
             answer = self._consumer.commit(offsets=request, asynchronous=False)
@@ -160,8 +207,9 @@ class ConfluentGroupConsumer:
         return [TopicPartition(self.topic, p) for p in partitions]
 
 
-def run_to_completion(result: Any) -> Any:
-    """`result` itself, or, when it is an awaitable, its value: stepped here, sleeping between steps.
+def run_to_completion(result: Any, between: Callable[[], None] = lambda: None) -> Any:
+    """`result` itself, or, when it is an awaitable, its value: stepped here, sleeping (and calling
+    `between`) between steps.
 
     For hooks written for kafka-python's IO loop, whose awaits only yield while work runs elsewhere.
 
@@ -179,6 +227,7 @@ def run_to_completion(result: Any) -> Any:
         except StopIteration as done:
             return done.value
         time.sleep(AWAIT_STEP_S)
+        between()
 
 
 def _kafka_tp(tp: Any) -> Any:
