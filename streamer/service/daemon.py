@@ -44,8 +44,9 @@ from streamer.backoff import Backoff, Stopped
 from streamer.checkpoint.changelog import ensure_state_topic
 from streamer.checkpoint.manager import StateManager
 from streamer.contracts import ReadingsConsumer, Scorer
-from streamer.ingest.codec import Decoded, ReadingDecoder
+from streamer.ingest.codec import Decoded
 from streamer.ingest.dead_letter import DeadLetter
+from streamer.ingest.decode_worker import PollDecoder
 from streamer.ingest.refusals import refusal_dead_letters
 from streamer.kafka.admin import wait_for_broker
 from streamer.kafka.consumer import CommitError, Polled
@@ -89,7 +90,7 @@ class Daemon:
         self._producer_factory = producer_factory or (lambda: make_producer(settings))
         self._state_ready = state_ready
         self._clock = clock
-        self.decoder = ReadingDecoder(settings.codec_limits)
+        self.decoder: PollDecoder | None = None  # started with the clients (a worker process)
         self.accounting = BatchAccounting(self.metrics)
         self._stop = threading.Event()
         self._beat_at: float | None = None
@@ -136,24 +137,35 @@ class Daemon:
         return 0
 
     def _process(self, publisher: Publisher, state: StateManager, polled: Polled, *, caught_up: bool) -> None:
-        """Decode, score and publish a poll; `caught_up` (it brought fewer records than asked): its output is
-        confirmed before it is counted, since waiting costs nothing then."""
-        decoded = self.decoder.decode(polled.records)
+        """Decode, score and publish a poll, slice by slice (the next slice decodes in the worker meanwhile);
+        `caught_up` (it brought fewer records than asked): its output is confirmed before it is counted,
+        since waiting costs nothing then. The offsets go with the last slice."""
+        assert self.decoder is not None, "_start builds it"
         offsets = {tp.partition: offset for tp, offset in polled.offsets.items()}
+        slices = self.decoder.slices(polled.records)
+        for k, decoded in enumerate(self.decoder.decode_all(slices)):
+            last = k == len(slices) - 1
+            self._process_decoded(publisher, state, slices[k], decoded, offsets if last else {},
+                                  confirm=caught_up and last)
+
+    def _process_decoded(self, publisher: Publisher, state: StateManager, records: Sequence[Any],
+                         decoded: Decoded, offsets: Mapping[int, int], *, confirm: bool) -> None:
+        """Score and publish decoded records in chunks of bounded waves (`chunks.py`), a heartbeat between."""
         chunks = wave_chunks(decoded.batch, self.settings.max_readings_per_message)
         if chunks is None:
-            self._process_chunk(publisher, state, polled, decoded.batch, decoded.dead_letters, offsets,
-                                confirm=caught_up)
+            self._process_chunk(publisher, state, records, decoded.batch, decoded.dead_letters, offsets,
+                                confirm=confirm)
             return
         for k, rows in enumerate(chunks):  # decoder dead letters go with the first, the offsets with the last
             last = k == len(chunks) - 1
-            self._process_chunk(publisher, state, polled, decoded.batch.take(rows),
+            self._process_chunk(publisher, state, records, decoded.batch.take(rows),
                                 decoded.dead_letters if k == 0 else [], offsets if last else {},
-                                confirm=caught_up and last)
+                                confirm=confirm and last)
             if not last:
                 self._beat()
 
-    def _process_chunk(self, publisher: Publisher, state: StateManager, polled: Polled, batch: ReadingBatch,
+    def _process_chunk(self, publisher: Publisher, state: StateManager, records: Sequence[Any],
+                       batch: ReadingBatch,
                        dead_letters: Sequence[DeadLetter], offsets: Mapping[int, int], *,
                        confirm: bool) -> None:
         """Score, publish and track one chunk of a poll; wait for the broker when `confirm` or the window is
@@ -161,7 +173,7 @@ class Daemon:
         t0 = time.perf_counter()
         scored = state.admit_and_score(batch)
         latency = time.perf_counter() - t0  # rnnwatch_scoring_latency_seconds: the pipeline alone
-        refused = refusal_dead_letters(batch, scored.status, polled.records)
+        refused = refusal_dead_letters(batch, scored.status, records)
         publisher.publish_dead_letters([*dead_letters, *refused])
         publisher.publish_alerts(scored.events)
         publisher.publish_scores(batch, scored)
@@ -194,6 +206,7 @@ class Daemon:
             scores_topic=s.scores_topic, source_topic=s.readings_topic,
             on_recreate=self.metrics.producer_recreated.inc,
         )
+        self.decoder = PollDecoder(s.codec_limits, workers=s.decode_workers)
         self.window = OutputWindow(max_records=s.max_in_flight_records, max_bytes=s.max_in_flight_bytes,
                                    confirm=lambda: self._confirm(publisher))
         self.state = StateManager.from_settings(
@@ -282,6 +295,8 @@ class Daemon:
             self.state.close()
         if self.publisher is not None:
             self.publisher.close()
+        if self.decoder is not None:
+            self.decoder.close()
         if self.health is not None:
             self.health.close()
         log.info("stopped", extra={"totals": totals})

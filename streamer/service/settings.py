@@ -77,6 +77,7 @@ class Settings:
     publish_timeout_s: float = 30.0
     max_in_flight_records: int = 100_000  # unacknowledged output records before the loop waits
     max_in_flight_bytes: int = 32 * 1024 * 1024
+    decode_workers: int = 1  # 0: decode in the loop (one core); 1: a process decodes beside scoring
     startup_attempts: int = 0  # tries to reach the broker at start; 0 = keep trying until stopped
     stale_after_s: float = 60.0  # /healthz fails when the loop has not turned for this long
     max_message_bytes: int = _CODEC.max_message_bytes
@@ -286,6 +287,8 @@ _OPTIONS: tuple[_Option, ...] = (
             "unacknowledged output records before the loop waits for the broker"),
     _Option("max_in_flight_bytes", None, "--max-in-flight-bytes", _int_in(1, _MAX_INT),
             "unacknowledged output bytes before the loop waits for the broker"),
+    _Option("decode_workers", None, "--decode-workers", _int_in(0, 1),
+            "1: a second process decodes large polls while the loop scores; 0: decode in the loop"),
     _Option("startup_attempts", None, "--startup-attempts", _int_in(0, 1_000_000),
             "tries to reach the broker at start, 0 = until stopped"),
     _Option("stale_after_s", None, "--stale-after-s", _seconds,
