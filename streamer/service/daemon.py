@@ -13,7 +13,9 @@ where the contract needs it, in the checkpoint's "flush outputs" step (also on r
 whenever more than `--max-in-flight-records` / `--max-in-flight-bytes` of output is unacknowledged
 (`output_window.py`, back-pressure), and after a poll that found the loop caught up (fewer records
 than asked: waiting costs no throughput then, and what the metrics count as scored is acknowledged).
-Meanwhile the clients fetch the next records in their own threads. The poll size follows the backlog
+Meanwhile the clients fetch the next records in their own threads, and a large poll is decoded in
+slices by a worker process, slice k + 1 while the loop scores slice k (`streamer.ingest.decode_worker`,
+`--decode-workers`; a thread would gain nothing, decode and scoring both hold the GIL). The poll size follows the backlog
 (`batch_size.py`): small batches when caught up (latency), up to `--max-poll-records` under backlog
 (throughput). The client library is
 kafka-python or librdkafka (`RNNWATCH_KAFKA_CLIENT`, `clients.py`), behind the same contracts.
