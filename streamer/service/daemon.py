@@ -15,10 +15,10 @@ whenever more than `--max-in-flight-records` / `--max-in-flight-bytes` of output
 than asked: waiting costs no throughput then, and what the metrics count as scored is acknowledged).
 Meanwhile the clients fetch the next records in their own threads, and a large poll is decoded in
 slices by a worker process, slice k + 1 while the loop scores slice k (`streamer.ingest.decode_worker`,
-`--decode-workers`; a thread would gain nothing, decode and scoring both hold the GIL). The poll size follows the backlog
-(`batch_size.py`): small batches when caught up (latency), up to `--max-poll-records` under backlog
-(throughput). The client library is
-kafka-python or librdkafka (`RNNWATCH_KAFKA_CLIENT`, `clients.py`), behind the same contracts.
+`--decode-workers`; a thread would gain nothing, decode and scoring both hold the GIL). The poll
+size follows the backlog (`batch_size.py`): small batches when caught up (latency), up to
+`--max-poll-records` under backlog (throughput). The client library is kafka-python or librdkafka
+(`RNNWATCH_KAFKA_CLIENT`, `clients.py`), behind the same contracts.
 
 Bounded time per poll step: a poll's readings are scored in chunks of at most
 `max_readings_per_message` waves per device (`chunks.py`), each published before the next, with a
