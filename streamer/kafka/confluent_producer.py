@@ -17,11 +17,15 @@ for every send, `close(timeout)` ends it. `ConfluentProducer` keeps that surface
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from streamer.errors import BrokerError
+
+log = logging.getLogger(__name__)
 
 SERVE_EVERY = 1_000  # sends between non-blocking polls for delivery reports
 _FULL_WAIT_S = 0.1
@@ -70,19 +74,34 @@ class ConfluentProducer:
             except BufferError as exc:  # local queue full: serve delivery reports until there is room
                 if time.monotonic() >= deadline:
                     raise DeliveryError(f"producer queue full for {self._max_block_s:g} s: {exc}") from exc
-                self._producer.poll(_FULL_WAIT_S)
+                self._serve(_FULL_WAIT_S)
             except Exception as exc:  # KafkaException from produce: too large, unknown topic, fatal
                 raise _from_exception(exc) from exc
         self._unserved += 1
         if self._unserved >= SERVE_EVERY:
-            self._producer.poll(0)
-            self._unserved = 0
+            self._serve(0)
         return future
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait for every delivery report (up to `timeout` s); the futures say which were acknowledged."""
-        self._producer.flush(-1 if timeout is None else timeout)
+        self._serve(-1 if timeout is None else timeout, flush=True)
+
+    def _serve(self, timeout: float, *, flush: bool = False) -> None:
+        """Serve delivery reports. A producer in a fatal state (an idempotent one whose broker lost its
+        state) raises a bare `KafkaError` out of librdkafka, which only a bare `except` catches: logged,
+        and the records it did not report stay unacknowledged, so the publisher rebuilds the producer."""
         self._unserved = 0
+        try:
+            if flush:
+                self._producer.flush(timeout)
+            else:
+                self._producer.poll(timeout)
+        except:  # noqa: E722 - see above; a BaseException (KeyboardInterrupt) is raised again
+            error = sys.exc_info()[1]
+            if isinstance(error, BaseException) and not isinstance(error, Exception):
+                raise
+            log.error("the librdkafka producer failed: %s; its unacknowledged records will be sent again "
+                      "by a new producer", error)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to `timeout` s, None: until done; 0: drop what is queued) and let librdkafka go."""
@@ -91,6 +110,18 @@ class ConfluentProducer:
         else:
             self._producer.purge()
             self._producer.poll(0)  # the purged records' futures fail now, not never
+
+
+def log_client_error(err: Any) -> None:
+    """librdkafka's `error_cb`: client-level errors (broker down, a fatal producer state), logged.
+
+    Without it confluent-kafka raises a fatal error out of `flush`/`poll` as a bare `KafkaError`, which
+    no `except` clause catches; with it, the records fail through their delivery reports and the
+    publisher rebuilds the producer.
+    """
+    fatal = bool(getattr(err, "fatal", lambda: False)())
+    log.log(logging.ERROR if fatal else logging.WARNING, "Kafka client error%s: %s",
+            " (fatal: the producer will be rebuilt)" if fatal else "", err)
 
 
 def _librdkafka_producer(config: dict[str, Any]) -> Any:

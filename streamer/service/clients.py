@@ -17,6 +17,7 @@ from streamer.kafka.client_config import (
     producer_kwargs,
     producer_throughput_kwargs,
 )
+from streamer.kafka.confluent_producer import log_client_error
 from streamer.kafka.consumer import GroupConsumer, PartitionsHook
 from streamer.service.settings import Settings
 
@@ -46,7 +47,8 @@ def make_consumer(settings: Settings, **overrides: Any) -> Any:
                 "session.timeout.ms": session, "heartbeat.interval.ms": max(session // 3, 100),
                 "partition.assignment.strategy": "range",
                 "max.partition.fetch.bytes": FETCH_PARTITION_BYTES, "fetch.max.bytes": FETCH_BYTES,
-                "fetch.wait.max.ms": 100, "logger": _librdkafka_logger(), **overrides}))
+                "fetch.wait.max.ms": 100, "logger": _librdkafka_logger(), "error_cb": log_client_error,
+                **overrides}))
     from kafka import KafkaConsumer
 
     kwargs = consumer_kwargs(
@@ -97,7 +99,8 @@ def make_producer(settings: Settings) -> Any:
             settings.kafka, **{
                 "acks": "all", "enable.idempotence": True, "linger.ms": 5,
                 "request.timeout.ms": max(message_ms // 2, 1000), "message.timeout.ms": message_ms,
-                "message.max.bytes": max_request, "logger": _librdkafka_logger()}),
+                "message.max.bytes": max_request, "logger": _librdkafka_logger(),
+                "error_cb": log_client_error}),
             max_block_s=settings.publish_timeout_s)
     from kafka import KafkaProducer
 
