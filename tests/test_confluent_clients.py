@@ -56,7 +56,7 @@ class FakeConsumer:
         self.committed: list[Any] = []
 
     def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
-        self.callbacks = {"assign": on_assign, "revoke": on_revoke}
+        self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
 
     def consume(self, num: int, timeout: float) -> list[FakeMessage]:
         if self.rebalance is not None:
@@ -218,3 +218,22 @@ def test_a_commit_from_the_revoke_checkpoints_worker_runs_on_the_polling_thread(
     fake.rebalance = ("revoke", list(fake.assignment))
     group.poll(10, 100)
     assert fake.committed == [(0, 9)] and committing_threads == [threading.get_ident()]
+
+
+def test_lost_partitions_keep_their_state_until_the_next_assignment_settles_them():
+    fake = FakeConsumer()
+    calls: list[tuple[str, list[int]]] = []
+
+    def hook(what: str) -> Any:
+        return lambda parts: calls.append((what, sorted(p.partition for p in parts)))
+
+    group = consumer_with(fake, on_assigned=hook("assigned"), on_revoked=hook("revoked"))
+    tps = [confluent_kafka.TopicPartition("readings", p) for p in (0, 1, 2)]
+    fake.rebalance = ("assign", tps)
+    group.poll(10, 100)
+    fake.rebalance = ("lost", tps)
+    group.poll(10, 100)
+    assert group.assigned == frozenset() and calls == [("assigned", [0, 1, 2])]  # no revoke: states kept
+    fake.rebalance = ("assign", tps[:2])  # 0 and 1 come back, 2 went elsewhere
+    group.poll(10, 100)
+    assert calls[1:] == [("revoked", [2]), ("assigned", [0, 1])]

@@ -59,6 +59,18 @@ def test_slices_decoded_in_the_worker_equal_one_decode_in_the_loop(worker_decode
     assert joined(worker_decoder, records)[0] == ids  # and again: nothing left over from the first poll
 
 
+def test_a_poll_larger_than_the_pipe_buffers_does_not_deadlock(worker_decoder):
+    import threading
+
+    records = poll(20_000)  # slices of ~0.5 MB each way: both ends would block writing to each other
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(joined(worker_decoder, records)), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "decoding a large poll hung"
+    assert len(out[0][0]) == 20_000 - 199  # every record but the "not json" ones
+
+
 def test_small_polls_are_decoded_in_the_loop(worker_decoder):
     assert len(worker_decoder.slices(poll(99))) == 1
 

@@ -12,14 +12,20 @@ as parallel lists; back comes the `Decoded` (numpy columns, device ids, dead let
 the worker's `RawRecord` copies, equal in every field the dead letter carries).
 
 The worker is a `spawn`ed process (never `fork`: the Kafka clients run threads); it ends when its pipe
-closes, so it does not outlive a daemon killed with SIGKILL. If it dies, decoding falls back to the
-caller with an error in the log: slower, never wrong.
+closes, so it does not outlive a daemon killed with SIGKILL, and it ignores SIGINT/SIGTERM (the daemon
+stops it). Requests and answers travel on two one-way pipes, and a thread in the worker always
+reads the requests: the caller sends slice k + 1 before it reads answer k, and both ends blocked
+writing to each other would be a deadlock. If the worker dies, decoding falls back to the caller
+with an error in the log: slower, never wrong.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,7 +48,8 @@ class PollDecoder:
         self.parts = parts
         self.min_parallel = min_parallel
         self._inline = ReadingDecoder(limits)
-        self._conn: Any = None
+        self._conn: Any = None  # answers come in here
+        self._requests: Any = None  # slices go out here
         self._process: Any = None
         self._outstanding = 0
         if workers:
@@ -50,11 +57,13 @@ class PollDecoder:
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child, self.limits), name="rnnwatch-decode",
-                                    daemon=True)
+        requests_in, self._requests = ctx.Pipe(duplex=False)
+        self._conn, answers_out = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=_serve, args=(requests_in, answers_out, self.limits),
+                                    name="rnnwatch-decode", daemon=True)
         self._process.start()
-        child.close()
+        requests_in.close()
+        answers_out.close()
 
     def slices(self, records: Sequence[KafkaRecord]) -> list[Sequence[KafkaRecord]]:
         """The poll's records in arrival order, in as many slices as will be decoded separately."""
@@ -81,7 +90,7 @@ class PollDecoder:
         if self._conn is None:
             return 1
         try:
-            self._conn.send(_columns(records))
+            self._requests.send(_columns(records))
             self._outstanding += 1
         except (OSError, EOFError, ValueError) as exc:
             self._lost(exc)
@@ -108,9 +117,13 @@ class PollDecoder:
 
     def close(self) -> None:
         """Stop the worker (it exits when its pipe closes)."""
-        conn, process, self._conn, self._process, self._outstanding = self._conn, self._process, None, None, 0
-        if conn is not None:
-            conn.close()
+        conns = (self._conn, self._requests)
+        process = self._process
+        self._conn = self._requests = self._process = None
+        self._outstanding = 0
+        for conn in conns:
+            if conn is not None:
+                conn.close()
         if process is not None:
             process.join(5)
             if process.is_alive():
@@ -123,14 +136,28 @@ def _columns(records: Sequence[KafkaRecord]) -> Columns:
             [r.key for r in records], [r.value for r in records], headers)
 
 
-def _serve(conn: Any, limits: CodecLimits) -> None:
-    """The worker process: decode what arrives until the pipe closes."""
+def _serve(requests: Any, answers: Any, limits: CodecLimits) -> None:
+    """The worker process: decode what arrives, in order, until the requests pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole process group
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     decoder = ReadingDecoder(limits)
-    while True:
-        try:
-            topics, partitions, offsets, keys, values, headers = conn.recv()
-        except (EOFError, OSError):
-            return
+    inbox: queue.SimpleQueue[Columns | None] = queue.SimpleQueue()
+    threading.Thread(target=_read_requests, args=(requests, inbox), name="rnnwatch-decode-in",
+                     daemon=True).start()
+    while (columns := inbox.get()) is not None:
+        topics, partitions, offsets, keys, values, headers = columns
         records = [RawRecord(t, p, o, k, v, tuple(headers.get(i, ()))) for i, (t, p, o, k, v)
                    in enumerate(zip(topics, partitions, offsets, keys, values, strict=True))]
-        conn.send(decoder.decode(records))
+        try:
+            answers.send(decoder.decode(records))
+        except (OSError, EOFError):
+            return
+
+
+def _read_requests(requests: Any, inbox: queue.SimpleQueue[Columns | None]) -> None:
+    while True:
+        try:
+            inbox.put(requests.recv())
+        except (EOFError, OSError):
+            inbox.put(None)
+            return

@@ -18,6 +18,12 @@ the daemon and its state manager do not know which client they drive:
   callback returns, which waits for the worker (a deadlock). So while a callback runs, `commit` from
   another thread is handed to the polling thread, which performs it between the hook's steps.
 
+Lost partitions (the session timed out, e.g. while the broker was away) are not revoked at once:
+nothing of them can be committed, and their device states are worth keeping in case they come back,
+which is what kafka-python does too (it learns of the loss only when it rejoins). The next assignment
+settles them: those that come back are assigned again (restore, as after any assignment), the others
+get the revoke hook then.
+
 `poll(timeout_ms, max_records)` returns what librdkafka has already fetched, at once, and only waits
 (up to `timeout_ms`) when that is nothing: a caught-up daemon gets small batches quickly, a lagging
 one full batches.
@@ -70,14 +76,31 @@ class ConfluentGroupConsumer:
         self._callback_thread: int | None = None  # the polling thread, while a rebalance callback runs
         self._handoffs: queue.SimpleQueue[_Handoff] = queue.SimpleQueue()
         self._consumer = consumer_factory()
+        self._lost: frozenset[Any] = frozenset()  # lost and not yet settled by an assignment
         self._consumer.subscribe([topic], on_assign=self._assign, on_revoke=self._revoke,
-                                 on_lost=self._revoke)
+                                 on_lost=self._lose)
 
     # ---- rebalance callbacks (inside poll, on the polling thread) -------------------------------------
     def _assign(self, consumer: Any, partitions: list[Any]) -> None:
         consumer.assign(partitions)  # installed first, so that the hook can pause them
         changed = frozenset(_kafka_tp(tp) for tp in partitions)
+        gone, self._lost = self._lost - changed, frozenset()
+        if gone:  # lost earlier and not given back: hand them over now
+            self._set_assignment(self.assigned, gone, self._on_revoked, "revoked")
         self._set_assignment(self.assigned | changed, changed, self._on_assigned, "assigned")
+
+    def _lose(self, consumer: Any, partitions: list[Any]) -> None:
+        changed = frozenset(_kafka_tp(tp) for tp in partitions)
+        with self._lock:
+            self._assigned -= changed
+            self.rebalances += 1
+            for tp in changed:
+                self._committed.pop(tp, None)
+        self._lost |= changed
+        log.warning("partitions lost (the group session expired): %s; their device states stay in memory "
+                    "until the next assignment", sorted(tp.partition for tp in changed),
+                    extra={"topic": self.topic})
+        consumer.unassign()
 
     def _revoke(self, consumer: Any, partitions: list[Any]) -> None:
         changed = frozenset(_kafka_tp(tp) for tp in partitions)
