@@ -220,7 +220,7 @@ def test_a_commit_from_the_revoke_checkpoints_worker_runs_on_the_polling_thread(
     assert fake.committed == [(0, 9)] and committing_threads == [threading.get_ident()]
 
 
-def test_lost_partitions_keep_their_state_until_the_next_assignment_settles_them():
+def test_lost_partitions_are_revoked_at_the_next_assignment_not_while_the_group_is_away():
     fake = FakeConsumer()
     calls: list[tuple[str, list[int]]] = []
 
@@ -234,6 +234,9 @@ def test_lost_partitions_keep_their_state_until_the_next_assignment_settles_them
     fake.rebalance = ("lost", tps)
     group.poll(10, 100)
     assert group.assigned == frozenset() and calls == [("assigned", [0, 1, 2])]  # no revoke: states kept
-    fake.rebalance = ("assign", tps[:2])  # 0 and 1 come back, 2 went elsewhere
+    with pytest.raises(CommitError, match="lost"):
+        group.commit({TopicPartition("readings", 1): 5})
+    fake.rebalance = ("assign", tps[:2])  # the group answers again: 0 and 1 come back, 2 went elsewhere
     group.poll(10, 100)
-    assert calls[1:] == [("revoked", [2]), ("assigned", [0, 1])]
+    assert calls[1:] == [("revoked", [0, 1, 2]), ("assigned", [0, 1])]  # checkpoint now, then restore
+    assert group.assigned == frozenset({TopicPartition("readings", 0), TopicPartition("readings", 1)})

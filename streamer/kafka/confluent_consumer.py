@@ -19,10 +19,11 @@ the daemon and its state manager do not know which client they drive:
   another thread is handed to the polling thread, which performs it between the hook's steps.
 
 Lost partitions (the session timed out, e.g. while the broker was away) are not revoked at once:
-nothing of them can be committed, and their device states are worth keeping in case they come back,
-which is what kafka-python does too (it learns of the loss only when it rejoins). The next assignment
-settles them: those that come back are assigned again (restore, as after any assignment), the others
-get the revoke hook then.
+while the group does not answer nothing can be written or committed, and dropping their device
+states then would lose them. No offset of theirs is committed any more (librdkafka would send it
+outside any generation, and a broker that lost its log would take it). The next assignment settles
+them, as kafka-python does when it rejoins: the revoke hook runs for them first (a checkpoint of
+their states, now that the broker answers, then the handover), then the assigned hook (restore).
 
 `poll(timeout_ms, max_records)` returns what librdkafka has already fetched, at once, and only waits
 (up to `timeout_ms`) when that is nothing: a caught-up daemon gets small batches quickly, a lagging
@@ -84,9 +85,9 @@ class ConfluentGroupConsumer:
     def _assign(self, consumer: Any, partitions: list[Any]) -> None:
         consumer.assign(partitions)  # installed first, so that the hook can pause them
         changed = frozenset(_kafka_tp(tp) for tp in partitions)
-        gone, self._lost = self._lost - changed, frozenset()
-        if gone:  # lost earlier and not given back: hand them over now
-            self._set_assignment(self.assigned, gone, self._on_revoked, "revoked")
+        if self._lost:  # lost earlier: checkpoint and hand them over now that the group answers
+            self._set_assignment(self.assigned, self._lost, self._on_revoked, "revoked")
+            self._lost = frozenset()
         self._set_assignment(self.assigned | changed, changed, self._on_assigned, "assigned")
 
     def _lose(self, consumer: Any, partitions: list[Any]) -> None:
@@ -98,7 +99,7 @@ class ConfluentGroupConsumer:
                 self._committed.pop(tp, None)
         self._lost |= changed
         log.warning("partitions lost (the group session expired): %s; their device states stay in memory "
-                    "until the next assignment", sorted(tp.partition for tp in changed),
+                    "until the next assignment checkpoints them", sorted(tp.partition for tp in changed),
                     extra={"topic": self.topic})
         consumer.unassign()
 
@@ -188,6 +189,10 @@ class ConfluentGroupConsumer:
 
     def _commit(self, offsets: dict[Any, int]) -> None:
         from confluent_kafka import TopicPartition
+
+        lost = sorted(tp.partition for tp in offsets if tp in self._lost)
+        if lost:  # librdkafka would send it with no generation, and a broker may take it: stale offsets
+            raise CommitError(f"offset commit refused: partitions {lost} were lost with the group session")
         request = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
         try:
             answer = self._consumer.commit(offsets=request, asynchronous=False)

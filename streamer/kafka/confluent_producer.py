@@ -120,8 +120,10 @@ def log_client_error(err: Any) -> None:
     publisher rebuilds the producer.
     """
     fatal = bool(getattr(err, "fatal", lambda: False)())
-    log.log(logging.ERROR if fatal else logging.WARNING, "Kafka client error%s: %s",
-            " (fatal: the producer will be rebuilt)" if fatal else "", err)
+    if fatal:  # the others (broker down, ...) are in librdkafka's own log lines already
+        log.error("Kafka client error (fatal: the producer will be rebuilt): %s", err)
+    else:
+        log.debug("Kafka client error: %s", err)
 
 
 def _librdkafka_producer(config: dict[str, Any]) -> Any:
