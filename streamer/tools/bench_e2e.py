@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, default=4)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--max-poll-records", type=int, default=20_000)
+    p.add_argument("--decode-workers", type=int, default=1, choices=(0, 1),
+                   help="the daemon's --decode-workers (1: a process decodes beside scoring)")
     p.add_argument("--latency-fraction", type=float, default=0.5, help="share of the daemon's max rate")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--repeat", type=int, default=3, help="raw and daemon runs, alternating (medians)")
@@ -70,6 +72,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         dlq_topic=f"bench.dlq.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
         topic_partitions=args.partitions, log_level="WARNING", kafka_client=resolve_client(args.client),
+        decode_workers=args.decode_workers,
         poll_timeout_ms=100,  # the daemon notices stop() within 0.1 s: its last commit is not delayed
     )
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
@@ -91,6 +94,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "channels": args.channels,
         "partitions": args.partitions,
         "max_poll_records": args.max_poll_records,
+        "decode_workers": args.decode_workers,
         "raw_consume_decode_readings_per_s": round(raw, 1),
         "scoring_core_readings_per_s": round(core, 1),
         "daemon_readings_per_s": round(daemon["rate"], 1),
