@@ -207,15 +207,21 @@ class ConfluentGroupConsumer:
             self._committed.update(offsets)
 
     def lag(self, timeout_ms: int = 5_000) -> dict[tuple[str, int], int]:
-        """{(topic, partition): end offset − committed position} for the assigned partitions."""
+        """{(topic, partition): end offset − committed position} for the assigned partitions.
+
+        End offsets come from the last fetch responses (librdkafka caches them: no round trip on the
+        loop); a partition not fetched yet asks the broker.
+        """
         from confluent_kafka import TopicPartition
 
         with self._lock:
             assigned, committed = self._assigned, dict(self._committed)
         out = {}
         for tp in assigned:
-            _, end = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                          timeout=timeout_ms / 1000)
+            ctp = TopicPartition(tp.topic, tp.partition)
+            _, end = self._consumer.get_watermark_offsets(ctp, cached=True)
+            if end < 0:
+                _, end = self._consumer.get_watermark_offsets(ctp, timeout=timeout_ms / 1000)
             position = committed.get(tp)
             if position is None:
                 position = max(self._consumer.position([TopicPartition(tp.topic, tp.partition)])[0].offset, 0)
