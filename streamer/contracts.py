@@ -6,6 +6,9 @@ a test passes any object that fits. The production implementations:
 
 - `BatchScorer`, `Scorer`: `streamer.scoring.pipeline.ScoringPipeline`; its model is a
   `model.forecaster.Forecaster` (`RecurrentForecaster`).
+- `ReadingsConsumer`: `streamer.kafka.consumer.GroupConsumer` (kafka-python) and
+  `streamer.kafka.confluent_consumer.ConfluentGroupConsumer` (librdkafka).
+- `OutputProducer`: kafka-python's `KafkaProducer` and `streamer.kafka.confluent_producer.ConfluentProducer`.
 - `CheckpointMetrics`, `RestoreMetrics`, `EvictionMetrics`, `StateMetrics`:
   `streamer.service.metrics.Metrics`, whose members are prometheus_client's `Counter`, `Gauge` and
   `Histogram` (they fit `CounterLike`, `GaugeLike`, `HistogramLike`).
@@ -16,12 +19,14 @@ Members are read-only properties, so an implementation may hold a narrower type 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
 
     from model.forecaster import Forecaster
+    from streamer.kafka.consumer import Polled
     from streamer.scoring.readings import ReadingBatch, ScoredBatch
     from streamer.scoring.state_store import StateStore
 
@@ -53,6 +58,51 @@ class Scorer(BatchScorer, Protocol):
 
     @property
     def device(self) -> torch.device: ...
+
+
+# ---- Kafka clients ------------------------------------------------------------------------------------
+class ReadingsConsumer(Protocol):
+    """One consumer-group member on the readings topic, with explicit commits.
+
+    Partitions are kafka-python `TopicPartition`s (topic, partition). The rebalance hooks given at
+    construction run inside `poll`, never concurrently with the caller's own work.
+    """
+
+    @property
+    def assigned(self) -> frozenset[Any]: ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> Polled: ...
+
+    def commit(self, offsets: dict[Any, int], timeout_ms: int = 30_000) -> None: ...
+
+    def pause(self, partitions: Iterable[int]) -> None: ...
+
+    def resume(self, partitions: Iterable[int]) -> None: ...
+
+    def lag(self, timeout_ms: int = 5_000) -> dict[tuple[str, int], int]: ...
+
+    def close(self, timeout_ms: int = 10_000) -> None: ...
+
+
+class SendFuture(Protocol):
+    """What `OutputProducer.send` returns: done once acknowledged or given up on (then `exception`)."""
+
+    @property
+    def is_done(self) -> bool: ...
+
+    @property
+    def exception(self) -> BaseException | None: ...
+
+
+class OutputProducer(Protocol):
+    """kafka-python's producer surface, as `Publisher` and `ChangelogWriter` use it."""
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> SendFuture: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
 
 
 # ---- metrics ------------------------------------------------------------------------------------------

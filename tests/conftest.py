@@ -9,6 +9,10 @@ Tests that use `kafka_bootstrap`, `kafka_settings`, `topic_factory` or `embedded
 
 Consumer groups: a join takes about session_timeout_ms / 2 on tansu; give test consumers a
 session_timeout_ms of 1000-3000 and a heartbeat_interval_ms below a third of it.
+
+`kafka_client` runs a test once per client library the daemon can use (kafka-python, and librdkafka
+through confluent-kafka when it is installed): pass it as RNNWATCH_KAFKA_CLIENT. Tests without it run
+on the default (`auto`: confluent-kafka when installed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pytest
 
 from streamer.kafka.admin import TopicSpec, admin_client, ensure_topics, wait_for_broker
 from streamer.kafka.broker import EmbeddedBroker
+from streamer.kafka.client_choice import confluent_installed
 from streamer.kafka.client_config import KafkaClientSettings
 
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_settings", "topic_factory", "embedded_broker"})
@@ -81,6 +86,16 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
+
+
+@pytest.fixture(params=[
+    "kafka-python",
+    pytest.param("confluent", marks=pytest.mark.skipif(
+        not confluent_installed(), reason="confluent-kafka not installed (the kafka-fast extra)")),
+])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """Each client library the daemon runs on, as RNNWATCH_KAFKA_CLIENT spells it."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

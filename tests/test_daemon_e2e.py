@@ -37,9 +37,11 @@ def pipeline_factory() -> Callable[[], Any]:
     return lambda: build_pipeline(None, "cpu")
 
 
-def daemon_settings(bootstrap: str, name: Callable[[str], str], **overrides: Any) -> Settings:
+def daemon_settings(bootstrap: str, name: Callable[[str], str], client: str = "auto", **overrides: Any
+                    ) -> Settings:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "RNNWATCH_KAFKA_CLIENT": client,
         "RNNWATCH_GROUP_ID": name("group"),
         "RNNWATCH_READINGS_TOPIC": name("readings"),
         "RNNWATCH_ALERTS_TOPIC": name("alerts"),
@@ -141,9 +143,9 @@ def mixed_records(n_devices: int, n_steps: int, n_bad: int
     return records, expected_scores, bad
 
 
-def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name,
+def test_dead_letters_good_readings_scored_and_metrics_agree(kafka_bootstrap, unique_topic_name, kafka_client,
                                                              pipeline_factory):
-    settings = daemon_settings(kafka_bootstrap, unique_topic_name)
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name, kafka_client)
     n_devices, n_bad = 100, 1_000
     records, expected_scores, bad = mixed_records(n_devices, 100, n_bad)
     n_good = len(expected_scores)  # one per good reading
@@ -297,9 +299,10 @@ def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique
 
 
 # ---- lifecycle: SIGTERM, missing topics, broker restart ------------------------------------------------
-def serve(bootstrap: str, name: Callable[[str], str], *extra: str
+def serve(bootstrap: str, name: Callable[[str], str], *extra: str, client: str = "auto"
           ) -> tuple[subprocess.Popen, dict[str, str]]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RNNWATCH_GROUP_ID": name("group"),
+           "RNNWATCH_KAFKA_CLIENT": client,
            "RNNWATCH_READINGS_TOPIC": name("readings"), "RNNWATCH_ALERTS_TOPIC": name("alerts"),
            "RNNWATCH_DLQ_TOPIC": name("dlq"), "RNNWATCH_METRICS_PORT": str(free_port()),
            "RNNWATCH_DEVICE": "cpu"}
@@ -308,10 +311,10 @@ def serve(bootstrap: str, name: Callable[[str], str], *extra: str
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), env
 
 
-def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_bootstrap, unique_topic_name):
+def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_bootstrap, unique_topic_name, kafka_client):
     from kafka import KafkaConsumer, TopicPartition
 
-    proc, env = serve(kafka_bootstrap, unique_topic_name)
+    proc, env = serve(kafka_bootstrap, unique_topic_name, client=kafka_client)
     port = int(env["RNNWATCH_METRICS_PORT"])
     try:
         def serving() -> bool:
@@ -355,13 +358,14 @@ def test_missing_topics_are_named_when_creation_is_forbidden(kafka_bootstrap, un
     assert env["RNNWATCH_ALERTS_TOPIC"] in output and "--no-create-topics" in output
 
 
-def test_publisher_recreates_a_producer_broken_by_a_broker_restart(embedded_broker):
+def test_publisher_recreates_a_producer_broken_by_a_broker_restart(embedded_broker, kafka_client):
     from streamer.kafka.admin import TopicSpec, ensure_topics
     from streamer.kafka.publisher import Publisher
     from streamer.scoring.readings import AlertEvent
     from streamer.service.clients import make_producer
 
-    env = {"KAFKA_BOOTSTRAP_SERVERS": embedded_broker.bootstrap_servers}
+    env = {"KAFKA_BOOTSTRAP_SERVERS": embedded_broker.bootstrap_servers,
+           "RNNWATCH_KAFKA_CLIENT": kafka_client}
     settings = replace(Settings.from_sources(None, env), publish_timeout_s=15)
     topics = [TopicSpec("alerts", 1), TopicSpec("dlq", 1)]
     ensure_topics(settings.kafka, topics)

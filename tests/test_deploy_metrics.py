@@ -195,13 +195,14 @@ def test_prometheus_scrapes_the_daemon_and_counts_its_readings(tmp_path: Path, s
 class ServeProcess:
     """`rnnwatch serve` as a subprocess against an embedded broker, configured like the ConfigMap."""
 
-    def __init__(self, tmp: Path, bootstrap: str) -> None:
+    def __init__(self, tmp: Path, bootstrap: str, client: str = "auto") -> None:
         self.bootstrap = bootstrap
         self.metrics_port = free_port()
         self.topic = "sensor.readings"
         env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "RNNWATCH_KAFKA_CLIENT": client,
             "RNNWATCH_GROUP_ID": "rnnwatch-deploy-test", "RNNWATCH_READINGS_TOPIC": self.topic,
             "RNNWATCH_METRICS_PORT": str(self.metrics_port), "RNNWATCH_DEVICE": "cpu",
             "RNNWATCH_CHECKPOINT_INTERVAL_S": "2", "RNNWATCH_LOG_LEVEL": "INFO",
@@ -244,11 +245,11 @@ class ServeProcess:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+def serve(tmp_path: Path, kafka_client: str) -> Iterator[ServeProcess]:
     from streamer.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
-        running = ServeProcess(tmp_path, broker.bootstrap_servers)
+        running = ServeProcess(tmp_path, broker.bootstrap_servers, kafka_client)
         try:
             yield running
         finally:

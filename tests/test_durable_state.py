@@ -126,8 +126,10 @@ def produce_paced(bootstrap: str, topic: str, messages: list[Message], seconds: 
     assert not errors, errors[:3]
 
 
-def topics_env(bootstrap: str, name: Callable[[str], str], partitions: int) -> dict[str, str]:
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RNNWATCH_GROUP_ID": name("group"),
+def topics_env(bootstrap: str, name: Callable[[str], str], partitions: int, client: str = "auto"
+               ) -> dict[str, str]:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "RNNWATCH_KAFKA_CLIENT": client,
+           "RNNWATCH_GROUP_ID": name("group"),
            "RNNWATCH_READINGS_TOPIC": name("readings"), "RNNWATCH_ALERTS_TOPIC": name("alerts"),
            "RNNWATCH_DLQ_TOPIC": name("dlq"), "RNNWATCH_SCORES_TOPIC": name("scores"),
            "RNNWATCH_DEVICE": "cpu", "RNNWATCH_CHECKPOINT_INTERVAL_S": "1"}
@@ -148,9 +150,9 @@ def start_serve(env: dict[str, str], log: Any) -> tuple[subprocess.Popen, int]:
 
 @pytest.mark.slow
 def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootstrap, unique_topic_name,
-                                                                     tmp_path):
+                                                                     tmp_path, kafka_client):
     messages = fleet(KILL9_DEVICES, KILL9_READINGS)
-    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4)
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4, client=kafka_client)
     rng = random.Random(9)
     producer = threading.Thread(target=produce_paced, args=(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
                                                             messages, 30.0))
@@ -242,9 +244,10 @@ def test_kill_9_while_a_background_checkpoint_is_half_written(kafka_bootstrap, u
 
 
 # ---- 1 → 3 → 1 daemons in one group ------------------------------------------------------------------------
-def test_one_three_one_daemons_share_the_partitions_and_score_as_one(kafka_bootstrap, unique_topic_name):
+def test_one_three_one_daemons_share_the_partitions_and_score_as_one(kafka_bootstrap, unique_topic_name,
+                                                                     kafka_client):
     messages = fleet(240, 24_000, seed=8)
-    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=6)
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=6, client=kafka_client)
     settings = replace(Settings.from_sources(None, {**env, "RNNWATCH_METRICS_PORT": "0"}),
                        metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=6)
     producer = threading.Thread(target=produce_paced,
@@ -272,9 +275,9 @@ def test_one_three_one_daemons_share_the_partitions_and_score_as_one(kafka_boots
 
 
 # ---- the broker goes away and comes back -------------------------------------------------------------------
-def test_broker_restart_mid_stream_not_ready_then_resumes(embedded_broker, unique_topic_name):
+def test_broker_restart_mid_stream_not_ready_then_resumes(embedded_broker, unique_topic_name, kafka_client):
     bootstrap = embedded_broker.bootstrap_servers
-    env = topics_env(bootstrap, unique_topic_name, partitions=2)
+    env = topics_env(bootstrap, unique_topic_name, partitions=2, client=kafka_client)
     settings = replace(Settings.from_sources(None, {**env, "RNNWATCH_METRICS_PORT": "0"}),
                        metrics_host="127.0.0.1", session_timeout_ms=2000, topic_partitions=2,
                        consumer_lag_interval_s=1.0, publish_timeout_s=10.0)

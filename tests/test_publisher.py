@@ -152,3 +152,15 @@ def test_a_recreation_that_cannot_reach_the_broker_is_retried_at_the_next_confir
     assert pub.pending == 1
     assert pub.flush_and_confirm(5.0) == 1
     assert len(delivered) == 1 and pub.recreated == 1
+
+
+def test_collect_acknowledged_forgets_only_what_the_broker_took_and_counts_bytes():
+    pub, _, made = make([{}])
+    pub.publish_alerts([alert("d1"), alert("d2")])
+    sent_bytes = pub.pending_bytes
+    assert pub.pending == 2 and sent_bytes > 0
+    assert pub.collect_acknowledged() == 0 and pub.pending == 2  # nothing acknowledged yet: nothing forgotten
+    made[0].futures[0][0].success(None)
+    assert pub.collect_acknowledged() == 1
+    assert pub.pending == 1 and 0 < pub.pending_bytes < sent_bytes
+    assert pub.flush_and_confirm(1) == 1 and pub.pending == 0 and pub.pending_bytes == 0

@@ -1,15 +1,19 @@
-"""Connection settings shared by every Kafka client rnnwatch opens, and their kafka-python kwargs.
+"""Connection settings shared by every Kafka client rnnwatch opens: kafka-python kwargs, librdkafka config.
 
 `KafkaClientSettings` is built by the settings layer (CLI flags and environment); this module reads
 no environment itself. The `*_kwargs` functions turn it into keyword arguments for kafka-python 3's
 `KafkaConsumer`, `KafkaProducer` and `KafkaAdminClient`, leaving out every key that is None so the
-client's own default applies.
+client's own default applies; `librdkafka_config` turns it into a `confluent_kafka` config dict.
 
     >>> settings = KafkaClientSettings("127.0.0.1:9092")
     >>> admin_kwargs(settings)
     {'bootstrap_servers': '127.0.0.1:9092', 'security_protocol': 'PLAINTEXT', 'client_id': 'rnnwatch'}
     >>> producer_kwargs(settings, **producer_throughput_kwargs())["linger_ms"]
     10
+    >>> librdkafka_config(KafkaClientSettings("b:9093", "SASL_SSL", "PLAIN", "u", "p", ssl_cafile="ca.pem"))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'bootstrap.servers': 'b:9093', 'security.protocol': 'SASL_SSL', 'sasl.mechanism': 'PLAIN',
+     'sasl.username': 'u', 'sasl.password': 'p', 'ssl.ca.location': 'ca.pem', 'client.id': 'rnnwatch'}
 """
 
 from __future__ import annotations
@@ -94,6 +98,25 @@ def client_kwargs(settings: KafkaClientSettings) -> dict[str, Any]:
         "client_id": settings.client_id,
     }
     return {key: value for key, value in raw.items() if value is not None}
+
+
+def librdkafka_config(settings: KafkaClientSettings, **extra: Any) -> dict[str, Any]:
+    """A `confluent_kafka` client config: the same connection and authentication, then `extra`.
+
+    `extra` keys are librdkafka property names ("group.id", "enable.auto.commit", ...).
+    """
+    raw: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+        "sasl.mechanism": settings.sasl_mechanism,
+        "sasl.username": settings.sasl_username,
+        "sasl.password": settings.sasl_password,
+        "ssl.ca.location": settings.ssl_cafile,
+        "ssl.certificate.location": settings.ssl_certfile,
+        "ssl.key.location": settings.ssl_keyfile,
+        "client.id": settings.client_id,
+    }
+    return _merge({key: value for key, value in raw.items() if value is not None}, extra)
 
 
 def consumer_kwargs(settings: KafkaClientSettings, **extra: Any) -> dict[str, Any]:

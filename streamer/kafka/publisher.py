@@ -1,10 +1,12 @@
 """Publishes a batch's output (alerts, optional scores, dead letters) and confirms the broker has it.
 
 The daemon commits a batch's offsets only after `flush_and_confirm` returns: every record sent since
-the previous confirmation has been acknowledged (acks=all). When it raises `PublishError`, the records
-that were not acknowledged stay pending and the next call sends them again: nothing is silently
-dropped, and a record may be written twice (at-least-once; alert ids are deterministic, so consumers
-can de-duplicate).
+the previous confirmation has been acknowledged (acks=all). Between confirmations, `pending` and
+`pending_bytes` say what is in flight and `collect_acknowledged` (no waiting) drops what the broker
+has already taken, so the caller can bound it (`streamer.service.output_window`). When it raises
+`PublishError`, the records that were not acknowledged stay pending and the next call sends them
+again: nothing is silently dropped, and a record may be written twice (at-least-once; alert ids are
+deterministic, so consumers can de-duplicate).
 
 A failed send means kafka-python gave up on a record: its own retries ran out, or the producer fell
 into a fatal state (an idempotent producer whose broker restarted and lost its producer id never
@@ -88,6 +90,7 @@ class Publisher:
         self._on_recreate = on_recreate
         self._clock = clock
         self._pending: list[_Out] = []
+        self._pending_bytes = 0
         self.recreated = 0
 
     # ---- sending --------------------------------------------------------------------------------------
@@ -120,6 +123,7 @@ class Publisher:
 
     def _send(self, out: _Out) -> None:
         self._pending.append(out)
+        self._pending_bytes += _size(out)
         self._try_send(out)
 
     def _try_send(self, out: _Out) -> None:
@@ -140,6 +144,20 @@ class Publisher:
         """Records sent (or to be re-sent) and not yet confirmed."""
         return len(self._pending)
 
+    @property
+    def pending_bytes(self) -> int:
+        """Key and value bytes of the `pending` records."""
+        return self._pending_bytes
+
+    def collect_acknowledged(self) -> int:
+        """Forget the records the broker has acknowledged already (no waiting); return how many."""
+        left = [out for out in self._pending if not _acknowledged(out)]
+        done = len(self._pending) - len(left)
+        if done:
+            self._pending = left
+            self._pending_bytes = sum(_size(out) for out in left)
+        return done
+
     def flush_and_confirm(self, timeout_s: float) -> int:
         """Wait until every pending record is acknowledged; return how many were confirmed.
 
@@ -157,6 +175,7 @@ class Publisher:
             failed = [out for out in self._pending if not _acknowledged(out)]
             confirmed += len(self._pending) - len(failed)
             self._pending = failed
+            self._pending_bytes = sum(_size(out) for out in failed)
             if not failed:
                 return confirmed
             if attempt == self.max_attempts or self._clock() >= deadline:
@@ -214,6 +233,10 @@ class Publisher:
             self._producer.close(timeout=timeout_s)
         except Exception as exc:
             log.warning("closing the producer: %s", exc)
+
+
+def _size(out: _Out) -> int:
+    return len(out.key or b"") + len(out.value or b"")
 
 
 def _acknowledged(out: _Out) -> bool:

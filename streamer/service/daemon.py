@@ -1,5 +1,5 @@
 """The daemon, until asked to stop: poll → restore newly assigned partitions → decode → admit and score →
-publish → confirm → metrics, and every checkpoint interval: flush outputs → write state → commit offsets.
+publish → metrics, and every checkpoint interval: flush outputs → write state → commit offsets.
 
 At-least-once: a batch's offsets are committed only after every record it produced (alerts, scores,
 dead letters) is acknowledged by the broker, and only at a state checkpoint, after the device states
@@ -8,11 +8,23 @@ publishing keeps failing, the loop keeps retrying the same output (readiness goe
 why) rather than moving on; if the commit fails (a rebalance took the partitions), the records will
 be delivered again to their new owner, whose restored states skip what they already hold.
 
+Pipelined: a batch's output is sent and the loop moves on; the broker's acknowledgement is awaited
+where the contract needs it, in the checkpoint's "flush outputs" step (also on revoke and at stop),
+whenever more than `--max-in-flight-records` / `--max-in-flight-bytes` of output is unacknowledged
+(`output_window.py`, back-pressure), and after a poll that found the loop caught up (fewer records
+than asked: waiting costs no throughput then, and what the metrics count as scored is acknowledged).
+Meanwhile the clients fetch the next records in their own threads, and a large poll is decoded in
+slices by a worker process, slice k + 1 while the loop scores slice k (`streamer.ingest.decode_worker`,
+`--decode-workers`; a thread would gain nothing, decode and scoring both hold the GIL). The poll
+size follows the backlog (`batch_size.py`): small batches when caught up (latency), up to
+`--max-poll-records` under backlog (throughput). The client library is kafka-python or librdkafka
+(`RNNWATCH_KAFKA_CLIENT`, `clients.py`), behind the same contracts.
+
 Bounded time per poll step: a poll's readings are scored in chunks of at most
-`max_readings_per_message` waves per device (`chunks.py`), each published and confirmed before the
-next, with a heartbeat in between; a poll's offsets are handed to the checkpointer after its last
-chunk. Readings the pipeline refuses because the device's data is wrong (out of order, channel
-mismatch) are dead-lettered beside the decoder's dead letters (`streamer.ingest.refusals`).
+`max_readings_per_message` waves per device (`chunks.py`), each published before the next, with a
+heartbeat in between; a poll's offsets are handed to the checkpointer after its last chunk. Readings
+the pipeline refuses because the device's data is wrong (out of order, channel mismatch) are
+dead-lettered beside the decoder's dead letters (`streamer.ingest.refusals`).
 
 `stop()` (the CLI calls it on SIGTERM/SIGINT) lets the batch in hand finish: its output is flushed
 and confirmed, a last checkpoint writes the states and commits the offsets, then the clients close
@@ -33,25 +45,29 @@ from typing import Any
 from streamer.backoff import Backoff, Stopped
 from streamer.checkpoint.changelog import ensure_state_topic
 from streamer.checkpoint.manager import StateManager
-from streamer.contracts import Scorer
-from streamer.ingest.codec import Decoded, ReadingDecoder
+from streamer.contracts import ReadingsConsumer, Scorer
+from streamer.ingest.codec import Decoded
 from streamer.ingest.dead_letter import DeadLetter
+from streamer.ingest.decode_worker import PollDecoder
 from streamer.ingest.refusals import refusal_dead_letters
 from streamer.kafka.admin import wait_for_broker
-from streamer.kafka.consumer import CommitError, GroupConsumer, Polled
+from streamer.kafka.consumer import CommitError, Polled
 from streamer.kafka.publisher import Publisher, PublishError
 from streamer.scoring.readings import ReadingBatch
 from streamer.service.accounting import BatchAccounting
+from streamer.service.batch_size import BatchSizer
 from streamer.service.chunks import wave_chunks
-from streamer.service.clients import make_consumer, make_producer
+from streamer.service.clients import make_consumer, make_producer, open_group_consumer
 from streamer.service.health import HealthServer
 from streamer.service.metrics import Metrics
+from streamer.service.output_window import OutputWindow
 from streamer.service.settings import Settings
 from streamer.service.startup import prepare_topics
 
 log = logging.getLogger(__name__)
 
 OUTPUT_ROLES = ("readings", "alerts", "dlq", "scores")  # topics this daemon reads or writes
+MIN_POLL_RECORDS = 500  # the adaptive poll size's floor (caught up)
 READY_STALE_S = 15.0  # not ready while the loop is stuck this long (liveness waits for stale_after_s)
 
 
@@ -76,18 +92,21 @@ class Daemon:
         self._producer_factory = producer_factory or (lambda: make_producer(settings))
         self._state_ready = state_ready
         self._clock = clock
-        self.decoder = ReadingDecoder(settings.codec_limits)
+        self.decoder: PollDecoder | None = None  # started with the clients (a worker process)
         self.accounting = BatchAccounting(self.metrics)
         self._stop = threading.Event()
         self._beat_at: float | None = None
         self._problem: str | None = "starting"
         self._next_lag_at = 0.0
-        self.consumer: GroupConsumer | None = None
+        self.consumer: ReadingsConsumer | None = None
         self.publisher: Publisher | None = None
         self.state: StateManager | None = None
         self._broker_problem: str | None = None
         self.health: HealthServer | None = None
         self.started = threading.Event()  # set once the first poll is about to happen (tests wait on it)
+        self.batch_sizer = BatchSizer(smallest=min(MIN_POLL_RECORDS, settings.max_poll_records),
+                                      largest=settings.max_poll_records)
+        self.window: OutputWindow | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -104,10 +123,12 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._beat()
-                polled = consumer.poll(self.settings.poll_timeout_ms, self.settings.max_poll_records)
+                asked = self.batch_sizer.size
+                polled = consumer.poll(self.settings.poll_timeout_ms, asked)
+                self.batch_sizer.observe(len(polled))
                 state.restore_pending()  # newly assigned partitions: restored before they are scored
                 if polled:
-                    self._process(publisher, state, polled)
+                    self._process(publisher, state, polled, caught_up=len(polled) < asked)
                 state.maybe_checkpoint()
             state.shutdown()
         except BaseException:
@@ -117,32 +138,53 @@ class Daemon:
             self._close()
         return 0
 
-    def _process(self, publisher: Publisher, state: StateManager, polled: Polled) -> None:
-        decoded = self.decoder.decode(polled.records)
+    def _process(self, publisher: Publisher, state: StateManager, polled: Polled, *, caught_up: bool) -> None:
+        """Decode, score and publish a poll, slice by slice (the next slice decodes in the worker meanwhile);
+        `caught_up` (it brought fewer records than asked): its output is confirmed before it is counted,
+        since waiting costs nothing then. The offsets go with the last slice."""
+        assert self.decoder is not None, "_start builds it"
         offsets = {tp.partition: offset for tp, offset in polled.offsets.items()}
+        slices = self.decoder.slices(polled.records)
+        for k, decoded in enumerate(self.decoder.decode_all(slices)):
+            last = k == len(slices) - 1
+            self._process_decoded(publisher, state, slices[k], decoded, offsets if last else {},
+                                  confirm=caught_up and last)
+
+    def _process_decoded(self, publisher: Publisher, state: StateManager, records: Sequence[Any],
+                         decoded: Decoded, offsets: Mapping[int, int], *, confirm: bool) -> None:
+        """Score and publish decoded records in chunks of bounded waves (`chunks.py`), a heartbeat between."""
         chunks = wave_chunks(decoded.batch, self.settings.max_readings_per_message)
         if chunks is None:
-            self._process_chunk(publisher, state, polled, decoded.batch, decoded.dead_letters, offsets)
+            self._process_chunk(publisher, state, records, decoded.batch, decoded.dead_letters, offsets,
+                                confirm=confirm)
             return
         for k, rows in enumerate(chunks):  # decoder dead letters go with the first, the offsets with the last
             last = k == len(chunks) - 1
-            self._process_chunk(publisher, state, polled, decoded.batch.take(rows),
-                                decoded.dead_letters if k == 0 else [], offsets if last else {})
+            self._process_chunk(publisher, state, records, decoded.batch.take(rows),
+                                decoded.dead_letters if k == 0 else [], offsets if last else {},
+                                confirm=confirm and last)
             if not last:
                 self._beat()
 
-    def _process_chunk(self, publisher: Publisher, state: StateManager, polled: Polled, batch: ReadingBatch,
-                       dead_letters: Sequence[DeadLetter], offsets: Mapping[int, int]) -> None:
-        """Score, publish, confirm and track one chunk of a poll."""
+    def _process_chunk(self, publisher: Publisher, state: StateManager, records: Sequence[Any],
+                       batch: ReadingBatch,
+                       dead_letters: Sequence[DeadLetter], offsets: Mapping[int, int], *,
+                       confirm: bool) -> None:
+        """Score, publish and track one chunk of a poll; wait for the broker when `confirm` or the window is
+        full."""
         t0 = time.perf_counter()
         scored = state.admit_and_score(batch)
         latency = time.perf_counter() - t0  # rnnwatch_scoring_latency_seconds: the pipeline alone
-        refused = refusal_dead_letters(batch, scored.status, polled.records)
+        refused = refusal_dead_letters(batch, scored.status, records)
         publisher.publish_dead_letters([*dead_letters, *refused])
         publisher.publish_alerts(scored.events)
         publisher.publish_scores(batch, scored)
-        self._confirm(publisher)
-        state.applied(batch, scored, offsets)
+        if confirm:
+            self._confirm(publisher)
+        else:
+            assert self.window is not None, "_start builds it with the publisher"
+            self.window.after_batch(publisher)
+        state.applied(batch, scored, offsets)  # committed only after a checkpoint's flush confirmed it
         decoded = Decoded(batch=batch, dead_letters=list(dead_letters), messages=0)
         self.accounting.account(decoded, scored, latency, self._clock(), refused)
 
@@ -166,11 +208,14 @@ class Daemon:
             scores_topic=s.scores_topic, source_topic=s.readings_topic,
             on_recreate=self.metrics.producer_recreated.inc,
         )
+        self.decoder = PollDecoder(s.codec_limits, workers=s.decode_workers)
+        self.window = OutputWindow(max_records=s.max_in_flight_records, max_bytes=s.max_in_flight_bytes,
+                                   confirm=lambda: self._confirm(publisher))
         self.state = StateManager.from_settings(
             s, self.pipeline, self._producer_factory, metrics=self.metrics, commit=self._commit,
             flush_outputs=lambda: self._confirm(publisher), beat=self._beat)
-        self.consumer = GroupConsumer(self._consumer_factory, s.readings_topic,
-                                      on_assigned=self.state.on_assigned, on_revoked=self.state.on_revoked)
+        self.consumer = open_group_consumer(s, self._consumer_factory, on_assigned=self.state.on_assigned,
+                                            on_revoked=self.state.on_revoked)
         self.state.attach(self.consumer.pause, self.consumer.resume)
         self._problem = None
         log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
@@ -178,7 +223,7 @@ class Daemon:
         self.started.set()
 
     def _confirm(self, publisher: Publisher) -> None:
-        """Block until the batch's output is acknowledged, retrying with backoff; never skip it."""
+        """Block until the output sent so far is acknowledged, retrying with backoff; never skip it."""
         backoff = Backoff()
         while True:
             try:
@@ -252,6 +297,8 @@ class Daemon:
             self.state.close()
         if self.publisher is not None:
             self.publisher.close()
+        if self.decoder is not None:
+            self.decoder.close()
         if self.health is not None:
             self.health.close()
         log.info("stopped", extra={"totals": totals})

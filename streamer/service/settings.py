@@ -34,6 +34,7 @@ from typing import Any
 
 from streamer.errors import ConfigError
 from streamer.ingest.codec import CodecLimits
+from streamer.kafka.client_choice import KAFKA_CLIENTS, resolve_client
 from streamer.kafka.client_config import KafkaClientSettings
 from streamer.scoring.event_time import REBASE_AFTER
 from streamer.scoring.shape import RESHAPE_AFTER
@@ -47,6 +48,7 @@ class Settings:
     """Everything `rnnwatch serve` needs to know, validated."""
 
     kafka: KafkaClientSettings = field(default_factory=KafkaClientSettings)
+    kafka_client: str = "auto"
     group_id: str = "rnnwatch"
     readings_topic: str = "sensor.readings"
     alerts_topic: str = "sensor.alerts"
@@ -73,6 +75,9 @@ class Settings:
     poll_timeout_ms: int = 500
     consumer_lag_interval_s: float = 5.0
     publish_timeout_s: float = 30.0
+    max_in_flight_records: int = 100_000  # unacknowledged output records before the loop waits
+    max_in_flight_bytes: int = 32 * 1024 * 1024
+    decode_workers: int = 1  # 0: decode in the loop (one core); 1: a process decodes beside scoring
     startup_attempts: int = 0  # tries to reach the broker at start; 0 = keep trying until stopped
     stale_after_s: float = 60.0  # /healthz fails when the loop has not turned for this long
     max_message_bytes: int = _CODEC.max_message_bytes
@@ -134,6 +139,7 @@ class Settings:
         if len(set(names)) != len(names):
             raise ConfigError(f"topics must differ from each other, got {self.topics}; "
                               "check the RNNWATCH_*_TOPIC variables")
+        resolve_client(self.kafka_client)  # confluent asked for and not installed: say so at start
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,15 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+    return parse
+
+
 def _flag_bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -206,6 +221,8 @@ _MAX_INT = 2**31 - 1
 _OPTIONS: tuple[_Option, ...] = (
     _Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", _text,
             "comma-separated host:port list", "HOSTS"),
+    _Option("kafka_client", "RNNWATCH_KAFKA_CLIENT", "--kafka-client", _choice(KAFKA_CLIENTS),
+            "auto (confluent-kafka when installed, else kafka-python), kafka-python or confluent"),
     _Option("group_id", "RNNWATCH_GROUP_ID", "--group-id", _text, "consumer group id"),
     _Option("readings_topic", "RNNWATCH_READINGS_TOPIC", "--readings-topic", _text, "topic to consume"),
     _Option("alerts_topic", "RNNWATCH_ALERTS_TOPIC", "--alerts-topic", _text, "topic for alert events"),
@@ -260,12 +277,18 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("session_timeout_ms", None, "--session-timeout-ms", _int_in(1_000, 600_000),
             "consumer group session timeout"),
     _Option("max_poll_records", None, "--max-poll-records", _int_in(1, 10_000_000),
-            "records per poll, i.e. the batch size"),
+            "records per poll at most (the batch size under backlog; smaller when caught up)"),
     _Option("poll_timeout_ms", None, "--poll-timeout-ms", _int_in(1, 60_000), "poll wait"),
     _Option("consumer_lag_interval_s", None, "--consumer-lag-interval-s", _seconds,
             "seconds between consumer-lag metric updates"),
     _Option("publish_timeout_s", None, "--publish-timeout-s", _seconds,
-            "how long to wait for the broker to acknowledge a batch's output"),
+            "how long to wait for the broker to acknowledge the output in flight"),
+    _Option("max_in_flight_records", None, "--max-in-flight-records", _int_in(1, _MAX_INT),
+            "unacknowledged output records before the loop waits for the broker"),
+    _Option("max_in_flight_bytes", None, "--max-in-flight-bytes", _int_in(1, _MAX_INT),
+            "unacknowledged output bytes before the loop waits for the broker"),
+    _Option("decode_workers", None, "--decode-workers", _int_in(0, 1),
+            "1: a second process decodes large polls while the loop scores; 0: decode in the loop"),
     _Option("startup_attempts", None, "--startup-attempts", _int_in(0, 1_000_000),
             "tries to reach the broker at start, 0 = until stopped"),
     _Option("stale_after_s", None, "--stale-after-s", _seconds,

@@ -1,19 +1,19 @@
-"""`rnnwatch bench e2e`: the daemon's throughput on a real broker against the bare client's, and latency.
+"""`rnnwatch bench e2e`: the daemon's throughput on a real broker against its two ceilings, and latency.
 
-Three phases, one JSON object (with --json):
+Phases, one JSON object (with --json), for the client library `--client` (kafka-python, confluent):
 
 1. produce: N readings of a synthetic fleet to a fresh topic (before anything consumes it).
-2. raw:     the daemon's own consumer settings (`make_consumer`) poll that topic in a fresh group and
-            decode every record (`ReadingDecoder`): the rate ceiling of kafka-python + decode.
+2. raw:     the daemon's own consumer (`make_consumer` + `open_group_consumer`) polls that topic in a
+            fresh group and decodes every record (`ReadingDecoder`): the ceiling of client + decode.
+   core:    the scoring core alone (`ScoringPipeline.score`, fresh states) on the same decoded
+            readings, in batches of `--max-poll-records`: the ceiling of scoring.
    daemon:  the daemon (in this process, on its own thread) consumes the same topic in another fresh
             group; its rate runs from its first non-empty poll to its last offset commit, which is
             the shutdown checkpoint (device states written, then offsets committed) it is asked for
             as soon as it has processed every reading.
-   Both run `--repeat` times, alternating; ratio = median daemon / median raw.
-3. latency: a producer process sends readings stamped with their send time at `--latency-fraction` of
-            the daemon's measured rate, with a spike on every device after its calibration warm-up;
-            reading→alert latency is the alert record's producer timestamp minus the reading's `ts`
-            (p50/p99 over the firing alerts).
+   Each runs `--repeat` times, alternating; ratio = median daemon / the slower of median raw and
+   median core (`ratio_to_raw` beside it).
+3. latency: reading→alert latency at `--latency-fraction` of the daemon's rate (`bench_latency`).
 
 Without --bootstrap an embedded tansu broker is started for the run.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,20 +30,26 @@ from typing import Any
 
 import numpy as np
 
+from streamer.kafka.client_choice import KAFKA_CLIENTS, resolve_client
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: embedded broker)")
+    p.add_argument("--client", default="auto", choices=KAFKA_CLIENTS,
+                   help="Kafka client library of the raw and daemon phases (auto: confluent when installed)")
     p.add_argument("--readings", type=int, default=200_000, help="readings in the throughput phases")
     p.add_argument("--devices", type=int, default=1_000)
     p.add_argument("--channels", type=int, default=4)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--max-poll-records", type=int, default=20_000)
+    p.add_argument("--decode-workers", type=int, default=1, choices=(0, 1),
+                   help="the daemon's --decode-workers (1: a process decodes beside scoring)")
     p.add_argument("--latency-fraction", type=float, default=0.5, help="share of the daemon's max rate")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--repeat", type=int, default=3, help="raw and daemon runs, alternating (medians)")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--client-variants", action="store_true",
-                   help="also measure raw consume+decode with kafka-python defaults and without crc32c")
+                   help="kafka-python: also measure raw consume+decode with its defaults and without crc32c")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -66,30 +71,38 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         readings_topic=f"bench.readings.{run_id}", alerts_topic=f"bench.alerts.{run_id}",
         dlq_topic=f"bench.dlq.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
-        topic_partitions=args.partitions, log_level="WARNING",
+        topic_partitions=args.partitions, log_level="WARNING", kafka_client=resolve_client(args.client),
+        decode_workers=args.decode_workers,
         poll_timeout_ms=100,  # the daemon notices stop() within 0.1 s: its last commit is not delayed
     )
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
     steps = max(1, args.readings // args.devices)
     produced = _produce_fleet(settings, args.devices, steps, args.channels)
-    raws, daemons = [], []
-    for i in range(args.repeat):  # alternate, so load from elsewhere on the machine hits both alike
-        raws.append(_raw_consume_decode(settings, produced, f"bench-raw-{run_id}-{i}"))
+    raws, cores, daemons = [], [], []
+    records: list[Any] = []
+    for i in range(args.repeat):  # alternate, so load from elsewhere on the machine hits all alike
+        raws.append(_raw_consume_decode(settings, produced, f"bench-raw-{run_id}-{i}", keep=records))
+        cores.append(_scoring_core(settings, records))
         daemons.append(_daemon_throughput(_group(settings, f"bench-daemon-{run_id}-{i}"), produced))
-    raw = float(np.median(raws))
+    raw, core = float(np.median(raws)), float(np.median(cores))
     daemon = {"rate": float(np.median([d["rate"] for d in daemons])), "batches": daemons[0]["batches"]}
     result: dict[str, Any] = {
         "bench": "e2e",
+        "client": settings.kafka_client,
         "readings": produced,
         "devices": args.devices,
         "channels": args.channels,
         "partitions": args.partitions,
         "max_poll_records": args.max_poll_records,
+        "decode_workers": args.decode_workers,
         "raw_consume_decode_readings_per_s": round(raw, 1),
+        "scoring_core_readings_per_s": round(core, 1),
         "daemon_readings_per_s": round(daemon["rate"], 1),
-        "ratio": round(daemon["rate"] / raw, 3),
+        "ratio": round(daemon["rate"] / min(raw, core), 3),
+        "ratio_to_raw": round(daemon["rate"] / raw, 3),
         "repeats": args.repeat,
         "raw_runs": [round(r, 1) for r in raws],
+        "core_runs": [round(c, 1) for c in cores],
         "daemon_runs": [round(d["rate"], 1) for d in daemons],
         "daemon_batches": daemon["batches"],
         "torch_device": args.device,
@@ -103,16 +116,18 @@ def _optional_phases(args: argparse.Namespace, settings: Any, produced: int, run
                      ) -> dict[str, Any]:
     """The client-variant rates (--client-variants) and reading->alert latency (unless --skip-latency)."""
     out: dict[str, Any] = {}
-    if args.client_variants:
+    if args.client_variants and settings.kafka_client == "kafka-python":
         out["raw_client_variants_readings_per_s"] = {
             name: round(_raw_consume_decode(settings, produced, f"bench-raw-{name}-{run_id}", **variant), 1)
             for name, variant in CLIENT_VARIANTS.items()
         }
     if not args.skip_latency:
+        from streamer.tools.bench_latency import alert_latency
+
         lat_settings = replace(_group(settings, f"bench-lat-{run_id}"), readings_topic=f"bench.lat.{run_id}",
                                alerts_topic=f"bench.lat-alerts.{run_id}")
-        latency = _alert_latency(lat_settings, args.latency_fraction * rate, args.latency_seconds,
-                                 args.devices, args.channels)
+        latency = alert_latency(lat_settings, args.latency_fraction * rate, args.latency_seconds,
+                                args.devices, args.channels)
         out["latency"] = {"rate_fraction": args.latency_fraction, **latency}
     return out
 
@@ -145,9 +160,10 @@ CLIENT_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _raw_consume_decode(settings: Any, expected: int, group: str, pure_python_crc: bool = False,
-                        **overrides: Any) -> float:
+                        keep: list[Any] | None = None, **overrides: Any) -> float:
+    """Readings/s of the daemon's consumer + decoder alone; the records go to `keep` when it is empty."""
     from streamer.ingest.codec import ReadingDecoder
-    from streamer.service.clients import make_consumer
+    from streamer.service.clients import make_consumer, open_group_consumer
 
     if pure_python_crc:  # what kafka-python does without the crc32c package
         import functools
@@ -158,30 +174,49 @@ def _raw_consume_decode(settings: Any, expected: int, group: str, pure_python_cr
         with _swapped(default_records, "calc_crc32c", patched):
             return _raw_consume_decode(settings, expected, group, **overrides)
     max_records = overrides.get("max_poll_records", settings.max_poll_records)
-    consumer = make_consumer(replace(settings, group_id=group), **overrides)
-    consumer.subscribe([settings.readings_topic])
+    settings = replace(settings, group_id=group)
+    consumer = open_group_consumer(settings, lambda: make_consumer(settings, **overrides))
     decoder = ReadingDecoder(settings.codec_limits)
     seen, first = 0, None
+    kept: list[Any] | None = [] if keep is not None and not keep else None
     deadline = time.monotonic() + 300
     try:
         while seen < expected and time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=500, max_records=max_records)
-            records = [r for batch in polled.values() for r in batch]
+            records = consumer.poll(500, max_records).records
             if not records:
                 continue
             if first is None:
                 first = time.perf_counter()
             seen += len(decoder.decode(records).batch)
+            if kept is not None:
+                kept.extend(records)
         elapsed = time.perf_counter() - (first or time.perf_counter())
     finally:
-        consumer.close(autocommit=False)
+        consumer.close()
     if seen < expected:
         raise RuntimeError(f"raw consumer saw {seen} of {expected} readings within 300 s")
+    if kept is not None and keep is not None:
+        keep.extend(kept)
     return seen / max(elapsed, 1e-9)
 
 
+def _scoring_core(settings: Any, records: list[Any]) -> float:
+    """Readings/s of `ScoringPipeline.score` alone on the decoded records, in the daemon's batch size."""
+    from streamer.ingest.codec import ReadingDecoder
+    from streamer.scoring.factory import build_pipeline
+
+    decoder = ReadingDecoder(settings.codec_limits)
+    step = settings.max_poll_records
+    batches = [decoder.decode(records[i:i + step]).batch for i in range(0, len(records), step)]
+    pipeline = build_pipeline(settings.model, settings.device)
+    started = time.perf_counter()
+    for batch in batches:
+        pipeline.score(batch)
+    return sum(len(b) for b in batches) / max(time.perf_counter() - started, 1e-9)
+
+
 class _TimedConsumer:
-    """Wraps the daemon's KafkaConsumer to time its first non-empty poll and its last commit."""
+    """Wraps the daemon's client (either library) to time its first non-empty poll and its last commit."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -189,7 +224,12 @@ class _TimedConsumer:
         self.last_commit: float | None = None
 
     def poll(self, *a: Any, **kw: Any) -> Any:
-        out = self._inner.poll(*a, **kw)
+        return self._seen(self._inner.poll(*a, **kw))
+
+    def consume(self, *a: Any, **kw: Any) -> Any:  # librdkafka's batch poll
+        return self._seen(self._inner.consume(*a, **kw))
+
+    def _seen(self, out: Any) -> Any:
         if out and self.first_poll is None:
             self.first_poll = time.perf_counter()
         return out
@@ -213,75 +253,16 @@ def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
         timed.append(_TimedConsumer(make_consumer(settings)))
         return timed[-1]
 
-    with _RunningDaemon(settings, build_pipeline(settings.model, settings.device), factory) as daemon:
-        _wait(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read the topic")
+    with RunningDaemon(settings, build_pipeline(settings.model, settings.device), factory) as daemon:
+        wait_until(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read it")
         batches = daemon.accounting.totals["batches"]
     t = timed[0]
     elapsed = (t.last_commit or 0.0) - (t.first_poll or 0.0)
     return {"rate": expected / max(elapsed, 1e-9), "batches": batches}
 
 
-# ---- phase 3: latency ------------------------------------------------------------------------------
-def _alert_latency(settings: Any, rate: float, seconds: float, devices: int, channels: int) -> dict[str, Any]:
-    from streamer.kafka.admin import TopicSpec, ensure_topics
-    from streamer.scoring.factory import build_pipeline
-
-    ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, settings.topic_partitions)])
-    pipeline = build_pipeline(settings.model, settings.device)
-    ctx = multiprocessing.get_context("spawn")
-    done = ctx.Queue()
-    with _RunningDaemon(settings, pipeline) as daemon:
-        paced = (settings.kafka, settings.readings_topic, rate, seconds, devices, channels, done)
-        proc = ctx.Process(target=_paced_producer, args=paced)
-        proc.start()
-        sent = done.get(timeout=seconds + 120)
-        proc.join(30)
-        _wait(lambda: daemon.accounting.totals["consumed"] >= sent["readings"], 300, "the paced readings")
-    alerts = _read_all(settings, settings.alerts_topic)
-    lat = np.array([rec.timestamp / 1000.0 - a["ts"] for rec, a in alerts if a["state"] == "firing"])
-    return {
-        "target_readings_per_s": round(rate, 1),
-        "achieved_readings_per_s": round(sent["readings"] / sent["seconds"], 1),
-        "firing_alerts": int(lat.size),
-        "p50_s": round(float(np.percentile(lat, 50)), 4) if lat.size else None,
-        "p99_s": round(float(np.percentile(lat, 99)), 4) if lat.size else None,
-    }
-
-
-def _paced_producer(kafka: Any, topic: str, rate: float, seconds: float, devices: int, channels: int,
-                    done: Any) -> None:
-    """Runs in its own process: readings at `rate`/s for `seconds`, ts = send time, one spike per device."""
-    import orjson
-    from kafka import KafkaProducer
-
-    from streamer.kafka.client_config import producer_kwargs
-
-    rng = np.random.default_rng(7)
-    spike_at = rng.integers(90, 140, devices)  # after the calibration warm-up (60 scored readings)
-    producer = KafkaProducer(**producer_kwargs(kafka, linger_ms=2))
-    keys = [f"lat-{d:05d}".encode() for d in range(devices)]
-    names = [f"c{c}" for c in range(channels)]
-    start = time.monotonic()
-    n = 0
-    while (now := time.monotonic()) - start < seconds:
-        ahead = start + n / rate - now
-        if ahead > 0.0005:
-            time.sleep(ahead)
-        d, step = n % devices, n // devices
-        base = np.sin(step / 20.0 + d) + rng.normal(0, 0.05, channels)
-        if spike_at[d] <= step < spike_at[d] + 4:
-            base = base + 1_000.0
-        values = dict(zip(names, base.tolist(), strict=True))
-        value = orjson.dumps({"device_id": keys[d].decode(), "ts": time.time(), "values": values})
-        producer.send(topic, key=keys[d], value=value)
-        n += 1
-    producer.flush()
-    producer.close()
-    done.put({"readings": n, "seconds": time.monotonic() - start})
-
-
 # ---- helpers -----------------------------------------------------------------------------------------
-class _RunningDaemon:
+class RunningDaemon:
     """The daemon on a thread for the length of a `with` block; its errors re-raised on exit."""
 
     def __init__(self, settings: Any, pipeline: Any, consumer_factory: Any = None) -> None:
@@ -301,7 +282,7 @@ class _RunningDaemon:
 
     def __enter__(self) -> Any:
         self.thread.start()
-        _wait(lambda: self.daemon.readiness()[0] or bool(self.errors), 60, "the daemon to be ready")
+        wait_until(lambda: self.daemon.readiness()[0] or bool(self.errors), 60, "the daemon to be ready")
         if self.errors:
             raise self.errors[0]
         return self.daemon
@@ -318,7 +299,7 @@ def _group(settings: Any, group_id: str) -> Any:
     return replace(settings, group_id=group_id, state_topic=f"{group_id}.state")
 
 
-def _wait(condition: Any, timeout_s: float, what: str) -> None:
+def wait_until(condition: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -326,7 +307,7 @@ def _wait(condition: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _read_all(settings: Any, topic: str) -> list[tuple[Any, dict[str, Any]]]:
+def read_all(settings: Any, topic: str) -> list[tuple[Any, dict[str, Any]]]:
     import orjson
     from kafka import KafkaConsumer, TopicPartition
 
