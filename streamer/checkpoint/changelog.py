@@ -21,11 +21,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from streamer.errors import BrokerError
 from streamer.kafka.admin import TopicSpec, admin_client, ensure_topics, partition_count, probe_metadata
-from streamer.kafka.client_config import KafkaClientSettings, consumer_kwargs
+from streamer.kafka.client_config import (
+    KafkaClientSettings,
+    consumer_kwargs,
+    producer_kwargs,
+    producer_throughput_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +255,28 @@ def _caught_up(consumer: Any, tp: Any, listed_end: int) -> bool:
     return position >= listed_end and highwater is not None and position >= highwater
 
 
+def state_producer_factory(kafka: KafkaClientSettings, client: str = "auto") -> Callable[[], Any]:
+    """Producers for a bulk state write outside the daemon (benchmarks, tools): acks=all, big batches,
+    librdkafka when `client` resolves to it (`streamer.kafka.client_choice`). The daemon's own state
+    writer shares its output producer's settings (`streamer.service.clients.make_producer`)."""
+    from streamer.kafka.client_choice import resolve_client
+
+    if resolve_client(client) == "confluent":
+        from streamer.kafka.client_config import librdkafka_config
+        from streamer.kafka.confluent_producer import ConfluentProducer
+
+        config = librdkafka_config(kafka, **{"acks": "all", "linger.ms": 20, "batch.size": 4 * 1024 * 1024,
+                                             "queue.buffering.max.messages": 500_000})
+        return lambda: ConfluentProducer(config, max_block_s=60.0)
+
+    def make() -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(**producer_kwargs(kafka, **producer_throughput_kwargs(), acks="all"))
+
+    return make
+
+
 def restore_consumer_factory(kafka: KafkaClientSettings) -> Callable[[], Any]:
     """A group-less consumer for `ChangelogReader`: manual assignment, big fetches, no commits."""
 
@@ -263,6 +290,18 @@ def restore_consumer_factory(kafka: KafkaClientSettings) -> Callable[[], Any]:
         ))
 
     return make
+
+
+class StateTopicReader(Protocol):
+    """Reads changelog partitions from their beginning to their end: `ChangelogReader` (kafka-python)
+    and `confluent_reader.ConfluentChangelogReader` (librdkafka)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    def read(self, partitions: Iterable[int], on_records: Callable[[list[Any]], None], *,
+             on_progress: Callable[[int, int], None] = ..., stall_timeout_s: float = ...,
+             poll_ms: int = ...) -> int: ...
 
 
 class ChangelogReader:

@@ -40,13 +40,13 @@ import numpy as np
 from streamer.backoff import Backoff
 from streamer.checkpoint.background import BackgroundWriter
 from streamer.checkpoint.changelog import (
-    ChangelogReader,
     ChangelogWriter,
+    StateTopicReader,
     broker_reachable,
-    restore_consumer_factory,
     topic_log_id,
 )
 from streamer.checkpoint.checkpointer import DIRTY, PARTITION, Checkpointer, CheckpointJob
+from streamer.checkpoint.confluent_reader import changelog_reader
 from streamer.checkpoint.eviction import DeviceEvictor
 from streamer.checkpoint.restore import Restorer
 from streamer.checkpoint.state_codec import NO_LOG_ID
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 class StateManager:
     """Durable state of one daemon: the devices of `pipeline.store`, checkpointed through `writer`."""
 
-    def __init__(self, pipeline: Scorer, writer: ChangelogWriter, reader: ChangelogReader, *,
+    def __init__(self, pipeline: Scorer, writer: ChangelogWriter, reader: StateTopicReader, *,
                  interval_s: float, max_devices: int, ttl_s: float,
                  commit: Callable[[Mapping[int, int]], None],
                  flush_outputs: Callable[[], None] = lambda: None, metrics: StateMetrics | None = None,
@@ -106,7 +106,7 @@ class StateManager:
         reachable = broker_reachable(settings.kafka)
         writer = ChangelogWriter(producer_factory, settings.state_topic, on_recreate=on_recreate,
                                  reachable=reachable, on_chunk=beat)
-        reader = ChangelogReader(restore_consumer_factory(settings.kafka), settings.state_topic, reachable)
+        reader = changelog_reader(settings.kafka, settings.state_topic, settings.kafka_client, reachable)
         return cls(pipeline, writer, reader, interval_s=settings.checkpoint_interval_s,
                    max_devices=settings.max_devices, ttl_s=settings.device_ttl_s, commit=commit,
                    flush_outputs=flush_outputs, metrics=metrics,

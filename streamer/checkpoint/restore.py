@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.checkpoint.changelog import ChangelogReader
+from streamer.checkpoint.changelog import StateTopicReader
 from streamer.checkpoint.state_codec import (
     NO_LOG_ID,
     StateRecord,
@@ -69,7 +69,7 @@ def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.nda
 class Restorer:
     """Restores requested partitions into `store` on the caller's thread (the daemon's main loop)."""
 
-    def __init__(self, store: StateStore, reader: ChangelogReader, model_version: str, *,
+    def __init__(self, store: StateStore, reader: StateTopicReader, model_version: str, *,
                  metrics: RestoreMetrics | None = None, stall_timeout_s: float = 30.0,
                  on_installed: Installed = lambda slots, partition, stale: None,
                  beat: Callable[[], None] = lambda: None) -> None:

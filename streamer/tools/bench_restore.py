@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4, help="changelog partitions (4)")
     parser.add_argument("--bootstrap-servers", default=None,
                         help="an existing broker (default: start an embedded one for the run)")
+    parser.add_argument("--client", default="auto", choices=("auto", "kafka-python", "confluent"),
+                        help="Kafka client of the writer and the restore reader, as the daemon picks it "
+                             "(RNNWATCH_KAFKA_CLIENT; auto: librdkafka when installed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -50,6 +53,7 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     import uuid
 
     from streamer.kafka.admin import TopicSpec, ensure_topics
+    from streamer.kafka.client_choice import resolve_client
     from streamer.kafka.client_config import KafkaClientSettings
 
     kafka = KafkaClientSettings(bootstrap, client_id="rnnwatch-bench")
@@ -59,7 +63,8 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     restored = _restore_phase(args, kafka, topic, source.model_version)
     _check_sample(source.store, restored.pop("store"), ids, args.seed)
     return {
-        "benchmark": "restore", "devices": args.devices, "channels": args.channels,
+        "benchmark": "restore", "client": resolve_client(args.client), "devices": args.devices,
+        "channels": args.channels,
         "partitions": args.partitions, "model_version": source.model_version,
         **written, **restored, "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "broker": "given" if args.bootstrap_servers else "embedded tansu",
@@ -68,20 +73,13 @@ def measure(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
 
 def _write_phase(args: argparse.Namespace, kafka: Any, topic: str) -> tuple[Any, list[str], dict[str, Any]]:
     """Fill a store with random states, encode and write them: (source pipeline, ids, figures)."""
-    from streamer.checkpoint.changelog import ChangelogWriter
+    from streamer.checkpoint.changelog import ChangelogWriter, state_producer_factory
     from streamer.checkpoint.state_codec import encode_states
-    from streamer.kafka.client_config import producer_kwargs, producer_throughput_kwargs
     from streamer.scoring.factory import build_pipeline
 
     source = build_pipeline(None, "cpu")
     slots = _fill(source.store, args.devices, args.channels, args.seed)
-
-    def producer() -> Any:
-        from kafka import KafkaProducer
-
-        return KafkaProducer(**producer_kwargs(kafka, **producer_throughput_kwargs(), acks="all"))
-
-    writer = ChangelogWriter(producer, topic)
+    writer = ChangelogWriter(state_producer_factory(kafka, args.client), topic)
     partitions = np.arange(args.devices) % args.partitions
     started, cpu = time.perf_counter(), _cpu_s()
     values = encode_states(source.store, slots, source.model_version)
@@ -96,18 +94,18 @@ def _write_phase(args: argparse.Namespace, kafka: Any, topic: str) -> tuple[Any,
         "changelog_mb": round(writer.bytes_written / 2**20, 1),
         "encode_s": round(encode_s, 2), "encode_cpu_s": round(encode_cpu - cpu, 2),
         "write_s": round(write_s, 2), "write_states_per_s": round(args.devices / write_s),
-        "send_cpu_us_per_state": round(send_cpu_s / args.devices * 1e6, 1),  # the kafka-python producer
+        "send_cpu_us_per_state": round(send_cpu_s / args.devices * 1e6, 1),  # the producer's, all threads
     }
 
 
 def _restore_phase(args: argparse.Namespace, kafka: Any, topic: str, version: str) -> dict[str, Any]:
     """Restore every partition of the topic into a fresh store: figures, and the store under "store"."""
-    from streamer.checkpoint.changelog import ChangelogReader, restore_consumer_factory
+    from streamer.checkpoint.confluent_reader import changelog_reader
     from streamer.checkpoint.restore import Restorer
     from streamer.scoring.factory import build_pipeline
 
     target = build_pipeline(None, "cpu")
-    restorer = Restorer(target.store, ChangelogReader(restore_consumer_factory(kafka), topic), version,
+    restorer = Restorer(target.store, changelog_reader(kafka, topic, args.client), version,
                         stall_timeout_s=60.0)
     restorer.request(range(args.partitions))
     cpu, started = _cpu_s(), time.perf_counter()
@@ -116,7 +114,7 @@ def _restore_phase(args: argparse.Namespace, kafka: Any, topic: str, version: st
     if restored != args.devices:
         raise AssertionError(f"restored {restored} devices, wrote {args.devices}")
     cpu, started = _cpu_s(), time.perf_counter()
-    bare = ChangelogReader(restore_consumer_factory(kafka), topic)
+    bare = changelog_reader(kafka, topic, args.client)
     read = bare.read(range(args.partitions), lambda _: None)
     read_only_s, read_only_cpu_s = time.perf_counter() - started, _cpu_s() - cpu
     return {"restore_s": round(restore_s, 2), "restore_states_per_s": round(args.devices / restore_s),
