@@ -381,3 +381,31 @@ def test_publisher_recreates_a_producer_broken_by_a_broker_restart(embedded_brok
     assert publisher.recreated == 1
     publisher.close(1)
     assert len(read_topic(embedded_broker.bootstrap_servers, "alerts")) == 5
+
+
+def test_a_shadow_model_alerts_to_its_own_topic_only(kafka_bootstrap, unique_topic_name, pipeline_factory):
+    """A shadow scoring beside the live model: its alerts reach the shadow topic, not the alerts topic, and
+    /metrics compares the two (the same model in shadow: the same episodes, agreement 1)."""
+    from streamer.scoring.shadow import ShadowedPipeline
+    from streamer.tools.simulate import generate_fleet, reading_messages
+
+    fleet = generate_fleet(n_devices=20, n_steps=720, seed=3)
+    messages = [(key, value) for key, value, _ in reading_messages(fleet)]
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name, scores_topic=None,
+                               shadow_model="same-as-live", shadow_alerts_topic=unique_topic_name("shadow"))
+    shadowed = ShadowedPipeline(pipeline_factory(), pipeline_factory())
+    with running_daemon(settings, shadowed, ready_within_s=30) as daemon:
+        produce(kafka_bootstrap, settings.readings_topic, messages)
+        wait_for(lambda: daemon.accounting.totals["consumed"] >= len(messages), 120, "the fleet consumed")
+        metrics = scrape(daemon.health.port)
+    live = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
+    shadow = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.shadow_alerts_topic)]
+    assert live, "the fleet's faults raised no alert"
+    def episodes(alerts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return sorted((a["alert_id"], a["state"]) for a in alerts)
+
+    assert episodes(shadow) == episodes(live)
+    firing = sum(a["state"] == "firing" for a in shadow)
+    assert metrics['rnnwatch_shadow_alerts_total{state="firing"}'] == firing
+    assert metrics["rnnwatch_shadow_agreement_ratio"] == 1.0
+    assert shadowed.tally.readings == daemon.accounting.totals["scored"]

@@ -392,8 +392,8 @@ def test_a_million_unseen_device_ids_stay_within_the_memory_budget(kafka_bootstr
 def test_bench_restore_reports_bytes_per_device_and_rates(kafka_bootstrap, kafka_client):
     """Both clients write and restore the changelog (the bench checks a sample bit for bit)."""
     proc = subprocess.run([sys.executable, "-m", "streamer.cli", "bench", "restore", "--devices", "3000",
-                           "--channels", "3", "--bootstrap-servers", kafka_bootstrap, "--client", kafka_client,
-                           "--json"], capture_output=True, timeout=300, check=False)
+                           "--channels", "3", "--bootstrap-servers", kafka_bootstrap,
+                           "--client", kafka_client, "--json"], capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     result = orjson.loads(proc.stdout.splitlines()[-1])
     assert result["devices"] == 3000 and result["channels"] == 3 and result["client"] == kafka_client

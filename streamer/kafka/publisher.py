@@ -64,6 +64,7 @@ class Publisher:
 
     alerts_topic / dlq_topic: where alert events and dead letters go.
     scores_topic: None turns per-reading scores off.
+    shadow_alerts_topic: where a shadow model's alert events go (None: nowhere).
     source_topic: the readings topic, named in each alert's `source`.
     on_recreate: called once per producer recreation (the daemon passes the metric's `inc`).
     """
@@ -76,6 +77,7 @@ class Publisher:
         dlq_topic: str,
         scores_topic: str | None = None,
         source_topic: str = "",
+        shadow_alerts_topic: str | None = None,
         max_attempts: int = 3,
         truncate_dead_letters_to: int = 64 * 1024,
         on_recreate: Callable[[], None] = lambda: None,
@@ -85,6 +87,7 @@ class Publisher:
         self._producer: Any = producer_factory()  # None while a recreation could not reach the broker
         self.alerts_topic, self.dlq_topic, self.scores_topic = alerts_topic, dlq_topic, scores_topic
         self.source_topic = source_topic
+        self.shadow_alerts_topic = shadow_alerts_topic
         self.max_attempts = max_attempts
         self.truncate_dead_letters_to = truncate_dead_letters_to
         self._on_recreate = on_recreate
@@ -94,11 +97,16 @@ class Publisher:
         self.recreated = 0
 
     # ---- sending --------------------------------------------------------------------------------------
-    def publish_alerts(self, events: Iterable[AlertEvent]) -> int:
+    def publish_alerts(self, events: Iterable[AlertEvent], *, shadow: bool = False) -> int:
+        """Alert events to the alerts topic, or a shadow model's to the shadow alerts topic (`shadow`;
+        nothing when it is unset)."""
+        topic = self.shadow_alerts_topic if shadow else self.alerts_topic
+        if topic is None:
+            return 0
         n = 0
         for event in events:
             value = encode_alert(event, self.source_topic)
-            self._send(_Out(self.alerts_topic, event.device_id.encode(), value, []))
+            self._send(_Out(topic, event.device_id.encode(), value, []))
             n += 1
         return n
 

@@ -142,6 +142,7 @@ class ScoredBatch:
     reshaped:    devices re-initialised for a new channel set (`streamer.scoring.shape`)
     shadow_events: a shadow model's alert transitions for the same batch (`streamer.scoring.shadow`),
                  published to the shadow alerts topic only
+    shadow_agreement: the shadow's running agreement with the live alert state (None: no shadow)
     """
 
     scores: np.ndarray
@@ -153,6 +154,7 @@ class ScoredBatch:
     rebased: int = 0
     reshaped: int = 0
     shadow_events: list[AlertEvent] = field(default_factory=list)
+    shadow_agreement: float | None = None
 
     def dropped_counts(self) -> dict[DropReason, int]:
         counts = np.bincount(self.status, minlength=len(DropReason))

@@ -77,7 +77,7 @@ class ShadowedPipeline:
         self._forget_evicted()
         shadow = self.shadow.score(batch)
         self.tally.add(live, shadow)
-        return replace(live, shadow_events=shadow.events)
+        return replace(live, shadow_events=shadow.events, shadow_agreement=self.tally.agreement)
 
     def _forget_evicted(self) -> None:
         """Evict from the shadow store the devices the live store no longer holds."""

@@ -63,6 +63,8 @@ class BatchAccounting:
             else:
                 self.firing.discard(event.device_id)
         m.alerts_firing_devices.set(len(self.firing))
+        if scored.shadow_agreement is not None:
+            m.shadow_agreement.set(scored.shadow_agreement)
         n_scored = int(np.count_nonzero(scored.status == 0))
         self.totals.update(consumed=len(batch) + n_dead, scored=n_scored, dead_letters=n_dead + len(refused),
                            alerts=len(scored.events), batches=1)

@@ -66,7 +66,7 @@ from streamer.service.startup import prepare_topics
 
 log = logging.getLogger(__name__)
 
-OUTPUT_ROLES = ("readings", "alerts", "dlq", "scores")  # topics this daemon reads or writes
+OUTPUT_ROLES = ("readings", "alerts", "dlq", "scores", "shadow_alerts")  # topics it reads or writes
 MIN_POLL_RECORDS = 500  # the adaptive poll size's floor (caught up)
 READY_STALE_S = 15.0  # not ready while the loop is stuck this long (liveness waits for stale_after_s)
 
@@ -178,6 +178,7 @@ class Daemon:
         refused = refusal_dead_letters(batch, scored.status, records)
         publisher.publish_dead_letters([*dead_letters, *refused])
         publisher.publish_alerts(scored.events)
+        publisher.publish_alerts(scored.shadow_events, shadow=True)
         publisher.publish_scores(batch, scored)
         if confirm:
             self._confirm(publisher)
@@ -206,6 +207,7 @@ class Daemon:
         publisher = self.publisher = Publisher(
             self._producer_factory, alerts_topic=s.alerts_topic, dlq_topic=s.dlq_topic,
             scores_topic=s.scores_topic, source_topic=s.readings_topic,
+            shadow_alerts_topic=s.shadow_alerts_topic if s.shadow_model else None,
             on_recreate=self.metrics.producer_recreated.inc,
         )
         self.decoder = PollDecoder(s.codec_limits, workers=s.decode_workers)

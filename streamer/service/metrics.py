@@ -55,6 +55,8 @@ class Metrics:
             self.dead_letters.labels(reason=dead.value)
         for state in ALERT_STATES:
             self.alerts.labels(state=state)
+            self.shadow_alerts.labels(state=state)
+        self.shadow_agreement.set(1.0)
         self._lag_labels: set[tuple[str, str]] = set()
 
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
@@ -83,6 +85,14 @@ class Metrics:
             "rnnwatch_alerts_total", "Alert events published, by state (firing|resolved).", "state")
         self.alerts_firing_devices = self._gauge(
             "rnnwatch_alerts_firing_devices", "Devices whose alert is firing now.")
+        self.shadow_alerts = self._counter(
+            "rnnwatch_shadow_alerts_total",
+            "Alert events of the shadow model (RNNWATCH_SHADOW_MODEL), published to the shadow alerts topic "
+            "only, by state.", "state")
+        self.shadow_agreement = self._gauge(
+            "rnnwatch_shadow_agreement_ratio",
+            "Share of the readings both models scored on which the shadow's alert state (open or not) equals "
+            "the live model's, since the process started (1 without a shadow).")
 
     def _batches(self) -> None:
         self.batch_size = self._histogram(
@@ -171,6 +181,8 @@ class Metrics:
         self.readings_scored.inc(n - sum(dropped.values()))
         for event in scored.events:
             self.alerts.labels(state=event.state).inc()
+        for event in scored.shadow_events:
+            self.shadow_alerts.labels(state=event.state).inc()
         for lag in lags_s:
             self.end_to_end_lag.observe(lag)
 

@@ -60,6 +60,8 @@ class Settings:
     device_ttl_s: float = 7 * 86_400.0
     metrics_port: int = 9109
     model: str | None = None
+    shadow_model: str | None = None
+    shadow_alerts_topic: str = "sensor.alerts.shadow"
     device: str = "auto"
     log_level: str = "INFO"
     torch_threads: int = 1
@@ -99,6 +101,8 @@ class Settings:
                  "state": self.state_topic}
         if self.scores_topic:
             roles["scores"] = self.scores_topic
+        if self.shadow_model:
+            roles["shadow_alerts"] = self.shadow_alerts_topic
         return roles
 
     @staticmethod
@@ -242,6 +246,11 @@ _OPTIONS: tuple[_Option, ...] = (
             "port of /metrics, /healthz, /readyz (0: any free port)"),
     _Option("model", "RNNWATCH_MODEL", "--model", _optional_text, "model artifact directory", "DIR",
             default="the shipped model"),
+    _Option("shadow_model", "RNNWATCH_SHADOW_MODEL", "--shadow-model", _optional_text,
+            "a second model artifact that scores every reading in shadow (its alerts go to the shadow "
+            "alerts topic only); unset: off", "DIR"),
+    _Option("shadow_alerts_topic", "RNNWATCH_SHADOW_ALERTS_TOPIC", "--shadow-alerts-topic", _text,
+            "where the shadow model's alert events go"),
     _Option("device", "RNNWATCH_DEVICE", "--device", _text,
             "auto (cuda when visible, else cpu), cpu or cuda[:N]"),
     _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level,

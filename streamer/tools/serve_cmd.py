@@ -43,11 +43,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(settings: Any) -> int:
     from streamer.scoring.factory import build_pipeline
-    from streamer.scoring.pipeline import PipelineConfig
+    from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
+    from streamer.scoring.shadow import ShadowedPipeline
     from streamer.service.daemon import Daemon
 
     config = PipelineConfig(rebase_after=settings.clock_rebase_after, reshape_after=settings.reshape_after)
-    pipeline = build_pipeline(settings.model, settings.device, config, cpu_threads=settings.torch_threads)
+    live = build_pipeline(settings.model, settings.device, config, cpu_threads=settings.torch_threads)
+    pipeline: ScoringPipeline | ShadowedPipeline = live
+    if settings.shadow_model:
+        shadow = build_pipeline(settings.shadow_model, settings.device, config, cpu_threads=None)
+        log.info("shadow model %s scores beside %s; its alerts go to %s", shadow.model_version,
+                 live.model_version, settings.shadow_alerts_topic)
+        pipeline = ShadowedPipeline(live, shadow)
     daemon = Daemon(settings, pipeline)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
