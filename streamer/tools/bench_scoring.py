@@ -71,6 +71,22 @@ def _merge(steps: list[ReadingBatch]) -> ReadingBatch:
                         channels=[steps[0].channels[0]] * (n * len(steps)), **cat)
 
 
+def _bare_step_rows_per_s(pipeline: ScoringPipeline, rows: int, warmup: int, steps: int) -> float:
+    """Rows per second of the bare recurrent step over `rows` rows, `steps` times (after `warmup`)."""
+    model, device = pipeline.model, pipeline.device
+    x = torch.randn(rows, model.config.input_features, device=device)  # (R, F)
+    h = torch.zeros(rows, model.config.state_size, device=device)  # (R, S)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            _, h = model.step(x, h)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            _, h = model.step(x, h)
+        _sync(device)
+    return rows * steps / (time.perf_counter() - started)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,20 +113,8 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     readings = args.devices * args.batches * k
 
     rows = args.devices * args.channels
-    model = pipeline.model
-    x = torch.randn(rows, model.config.input_features, device=device)  # (R, F)
-    h = torch.zeros(rows, model.config.state_size, device=device)  # (R, S)
-    with torch.inference_mode():
-        for _ in range(args.warmup_batches):
-            _, h = model.step(x, h)
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(args.batches * k):
-            _, h = model.step(x, h)
-        _sync(device)
-    bare_s = time.perf_counter() - started
     readings_per_s = readings / pipeline_s
-    bare_rows_per_s = rows * args.batches * k / bare_s
+    bare_rows_per_s = _bare_step_rows_per_s(live, rows, args.warmup_batches, args.batches * k)
     return {
         "benchmark": "scoring",
         "device": str(device),
