@@ -117,7 +117,7 @@ def hostile_streams(draw: st.DrawFn) -> list[Row]:
     return rows
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=hostile_streams(), reshape_after=st.integers(1, 3), rebase_after=st.integers(1, 3))
 def test_one_batch_equals_one_reading_at_a_time(rows, reshape_after, rebase_after):
     together = pipeline(reshape_after=reshape_after, rebase_after=rebase_after).score(batch(rows))

@@ -202,6 +202,7 @@ def test_persistent_shift_keeps_one_episode_open_until_it_ends() -> None:
     assert events[1].duration_s == pytest.approx(events[1].ts - events[0].ts)
 
 
+@pytest.mark.slow  # 3,600 readings of one device
 def test_permanent_shift_is_accepted_as_the_new_normal_after_the_maximum() -> None:
     at = 1600
     values = _sine_stream(3600, 11)

@@ -28,20 +28,20 @@ def _write_csv(path: Path, n: int, channels: int, seed: int, spike_at: int | Non
 
 def test_replay_writes_one_row_per_input_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _write_csv(tmp_path / "in" / "pump.csv", 1500, 3, 0, spike_at=1200)
-    _write_csv(tmp_path / "in" / "sub" / "fan.csv", 900, 1, 1)
+    _write_csv(tmp_path / "in" / "pump.csv", 1000, 3, 0, spike_at=800)
+    _write_csv(tmp_path / "in" / "sub" / "fan.csv", 600, 1, 1)
     rc = main(["replay", "in/pump.csv", "in/sub/fan.csv", "--output-dir", "out", "--device", "cpu"])
     assert rc == 0
     pump = list(csv.DictReader((tmp_path / "out" / "in" / "pump.csv").open()))
     fan = list(csv.DictReader((tmp_path / "out" / "in" / "sub" / "fan.csv").open()))
-    assert len(pump) == 1500 and len(fan) == 900
+    assert len(pump) == 1000 and len(fan) == 600
     assert list(pump[0]) == ["timestamp", "anomaly_score", "alert", "top_channel", "status"]
     assert pump[0]["timestamp"] == "2024-01-01 00:00:00"
     assert all(r["status"] == "scored" for r in pump + fan)
     scores = np.array([float(r["anomaly_score"]) for r in pump])
     assert ((scores >= 0) & (scores < 1)).all()
-    assert int(np.argmax(scores)) == 1200 and pump[1200]["top_channel"] == "ch2"
-    assert pump[1200]["alert"] == "1" and sum(r["alert"] == "1" for r in pump[:1200]) == 0
+    assert int(np.argmax(scores)) == 800 and pump[800]["top_channel"] == "ch2"
+    assert pump[800]["alert"] == "1" and sum(r["alert"] == "1" for r in pump[:800]) == 0
 
 
 def test_replay_columns_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
