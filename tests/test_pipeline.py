@@ -155,6 +155,7 @@ def _episodes(pipe: ScoringPipeline, values: np.ndarray, device: str = "dev") ->
     return np.concatenate(scores), events
 
 
+@pytest.mark.slow  # five devices, 2,000 readings each
 def test_noise_stays_below_alert_threshold() -> None:
     """Five noisy sines streamed together (one wave steps all five): no score reaches the threshold."""
     pipe = _shipped()
@@ -265,6 +266,7 @@ def _episodes_from(pipe: ScoringPipeline, values: np.ndarray, start: int) -> tup
     return np.concatenate(scores), events
 
 
+@pytest.mark.slow  # one device, 2,400 readings
 def test_relation_only_fault_opens_an_episode() -> None:
     """Two channels that stop moving together, each inside its usual range, are caught by the relation."""
     rng = np.random.default_rng(5)
@@ -305,6 +307,7 @@ def test_alert_ids_are_deterministic_across_replays() -> None:
     assert resolved and resolved[0].alert_id == first[0].alert_id  # one id per episode
 
 
+@pytest.mark.slow  # one device, 2,000 readings
 def test_attribution_names_the_faulty_channel() -> None:
     rng = np.random.default_rng(3)
     n, at = 1800, 1500
@@ -361,6 +364,7 @@ def test_the_onset_memory_learns_the_lifted_score() -> None:
     assert store.cols["cal_peak"][slots][0] >= cal.config.range_lift
 
 
+@pytest.mark.slow  # 1,200 readings, 20 a call
 def test_a_young_firing_device_keeps_its_relation_covariance() -> None:
     """A device too young to hold a normal still does not teach its channels' covariance the fault while
     its episode is open: the cells stay as they were at the opening reading, and learn again after."""
