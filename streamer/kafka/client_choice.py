@@ -3,7 +3,7 @@
 `RNNWATCH_KAFKA_CLIENT` (`--kafka-client`) is `auto`, `kafka-python` or `confluent`; `auto` picks
 confluent-kafka (librdkafka: several times kafka-python's consume and produce rates) when it is
 importable, else kafka-python. Both paths keep the same contracts (`streamer.contracts.ReadingsConsumer`,
-`OutputProducer`); topic administration and the state restore reader stay on kafka-python.
+`OutputProducer`, and the changelog's `StateTopicReader`); topic administration stays on kafka-python.
 
     >>> resolve_client("kafka-python")
     'kafka-python'
