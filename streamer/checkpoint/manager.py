@@ -188,7 +188,8 @@ class StateManager:
             end, admitted = self.evictor.admit(batch, start)
 
     def applied(self, batch: ReadingBatch, scored: ScoredBatch, offsets: Mapping[int, int]) -> None:
-        """The batch's output is acknowledged: remember what it changed and where it ends."""
+        """The batch's output is sent (acknowledged by the next checkpoint's flush at the latest, which
+        precedes its commit): remember what it changed and where it ends."""
         self.checkpointer.track(batch, scored, offsets)
         self._next_offset.update(offsets)
         self._gauges()
