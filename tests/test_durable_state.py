@@ -148,24 +148,19 @@ def start_serve(env: dict[str, str], log: Any) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-@pytest.mark.slow
-def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootstrap, unique_topic_name,
-                                                                     tmp_path, kafka_client):
-    messages = fleet(KILL9_DEVICES, KILL9_READINGS)
-    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4, client=kafka_client)
-    rng = random.Random(9)
+def _stream_through_five_kills(kafka_bootstrap: str, env: dict[str, str], messages: list[Any], rate: float,
+                               path: Any, kill: Callable[[subprocess.Popen], None]) -> dict[str, float]:
+    """Stream `messages` paced at `rate` into a daemon that `kill` (a kill -9 at its chosen moment) stops
+    five times, each time restarted; wait for every reading's score, stop it cleanly, and return how its
+    scores compare with an uninterrupted run (asserted equal)."""
     producer = threading.Thread(target=produce_paced, args=(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
-                                                            messages, 30.0))
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - shared by the five processes
+                                                            messages, rate))
+    log = open(path, "wb")  # noqa: SIM115 - shared by the processes
     proc, _ = start_serve(env, log)
     producer.start()
-    kills = []
     try:
         for _ in range(5):
-            time.sleep(rng.uniform(0.5, 5.0))  # a random moment: polling, scoring, publishing, checkpointing
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            kills.append(time.monotonic())
+            kill(proc)
             proc, _ = start_serve(env, log)
         producer.join(120)
         scores_topic = env["RNNWATCH_SCORES_TOPIC"]
@@ -177,11 +172,27 @@ def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootst
         if proc.poll() is None:
             proc.kill()
         log.close()
-    figures = assert_equal_to_reference(published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"]),
-                                        reference_scores(messages))
-    lines = [orjson.loads(line) for line in (tmp_path / "serve.log").read_bytes().splitlines()
-             if line.startswith(b"{")]
-    restored = [line["devices"] for line in lines if line["msg"].startswith("restored ")]
+    return assert_equal_to_reference(published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"]),
+                                     reference_scores(messages))
+
+
+@pytest.mark.slow
+def test_kill_9_five_times_scores_every_reading_as_if_uninterrupted(kafka_bootstrap, unique_topic_name,
+                                                                     tmp_path, kafka_client):
+    messages = fleet(KILL9_DEVICES, KILL9_READINGS)
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4, client=kafka_client)
+    rng = random.Random(9)
+    kills = []
+
+    def kill_at_random(proc: subprocess.Popen) -> None:
+        time.sleep(rng.uniform(0.5, 5.0))  # a random moment: polling, scoring, publishing, checkpointing
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills.append(time.monotonic())
+
+    path = tmp_path / "serve.log"
+    figures = _stream_through_five_kills(kafka_bootstrap, env, messages, 30.0, path, kill_at_random)
+    restored = [line["devices"] for line in _log_events(path) if line["msg"].startswith("restored ")]
     print(f"\nkill -9 x5 over {KILL9_READINGS} readings / {KILL9_DEVICES} devices: {figures}, "
           f"devices restored at each start: {restored}")
     assert len(kills) == 5 and len(restored) >= 6 and max(restored) > 0
@@ -215,32 +226,17 @@ def test_kill_9_while_a_background_checkpoint_is_half_written(kafka_bootstrap, u
     from the last commit, and scores as if uninterrupted."""
     messages = fleet(1000, 100_000, seed=13)  # 100 readings a device: past warm-up, scores matter
     env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4)
-    producer = threading.Thread(target=produce_paced, args=(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
-                                                            messages, 25.0))
     path = tmp_path / "serve.log"
-    log = open(path, "wb")  # noqa: SIM115 - shared by the processes
-    proc, _ = start_serve(env, log)
-    producer.start()
-    landed, seen = 0, 0
-    try:
-        for _ in range(5):
-            mid_write, seen = _kill_mid_write(proc, path, seen)
-            landed += mid_write
-            proc, _ = start_serve(env, log)
-        producer.join(120)
-        scores_topic = env["RNNWATCH_SCORES_TOPIC"]
-        wait_for(lambda: len(published_scores(kafka_bootstrap, scores_topic)) >= len(messages), 180,
-                 "every reading scored")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    figures = assert_equal_to_reference(published_scores(kafka_bootstrap, env["RNNWATCH_SCORES_TOPIC"]),
-                                        reference_scores(messages))
-    print(f"\nkill -9 x5 mid background checkpoint ({landed} before it was written): {figures}")
-    assert landed >= 1, "at least one kill must land while a checkpoint's states were being written"
+    landed, seen = [], 0
+
+    def kill_mid_write(proc: subprocess.Popen) -> None:
+        nonlocal seen
+        mid_write, seen = _kill_mid_write(proc, path, seen)
+        landed.append(mid_write)
+
+    figures = _stream_through_five_kills(kafka_bootstrap, env, messages, 25.0, path, kill_mid_write)
+    print(f"\nkill -9 x5 mid background checkpoint ({sum(landed)} before it was written): {figures}")
+    assert sum(landed) >= 1, "at least one kill must land while a checkpoint's states were being written"
 
 
 # ---- 1 → 3 → 1 daemons in one group ------------------------------------------------------------------------
