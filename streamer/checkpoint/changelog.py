@@ -292,6 +292,15 @@ def restore_consumer_factory(kafka: KafkaClientSettings) -> Callable[[], Any]:
     return make
 
 
+def partitions_to_read(partitions: Iterable[int], reachable: Callable[[], bool], topic: str) -> list[int]:
+    """The distinct partitions in order; a `BrokerError` when there are some and the broker is unreachable
+    (the caller retries later)."""
+    parts = sorted(set(partitions))
+    if parts and not reachable():
+        raise BrokerError(f"broker unreachable: cannot read the state topic {topic}")
+    return parts
+
+
 class StateTopicReader(Protocol):
     """Reads changelog partitions from their beginning to their end: `ChangelogReader` (kafka-python)
     and `confluent_reader.ConfluentChangelogReader` (librdkafka)."""
@@ -325,11 +334,10 @@ class ChangelogReader:
         """
         from kafka import TopicPartition
 
-        tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
+        parts = partitions_to_read(partitions, self._reachable, self.topic)
+        tps = [TopicPartition(self.topic, p) for p in parts]
         if not tps:
             return 0
-        if not self._reachable():
-            raise BrokerError(f"broker unreachable: cannot read the state topic {self.topic}")
         consumer = self._factory()
         try:
             consumer.assign(tps)

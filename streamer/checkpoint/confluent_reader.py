@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from streamer.checkpoint.changelog import ChangelogReader, restore_consumer_factory
+from streamer.checkpoint.changelog import ChangelogReader, partitions_to_read, restore_consumer_factory
 from streamer.errors import BrokerError
 from streamer.kafka.client_choice import resolve_client
 from streamer.kafka.client_config import KafkaClientSettings, librdkafka_config
@@ -50,11 +50,9 @@ class ConfluentChangelogReader:
         `BrokerError` when nothing arrives for `stall_timeout_s` while records are still missing."""
         from confluent_kafka import Consumer, TopicPartition
 
-        parts = sorted(set(partitions))
+        parts = partitions_to_read(partitions, self._reachable, self.topic)
         if not parts:
             return 0
-        if not self._reachable():
-            raise BrokerError(f"broker unreachable: cannot read the state topic {self.topic}")
         consumer = Consumer(librdkafka_config(
             self._kafka, **{"group.id": "rnnwatch-restore", "enable.auto.commit": False,
                             "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024,
