@@ -143,8 +143,9 @@ class Calibrator:
         mean = cols["cal_mean"][slots].astype(np.float64)  # (m, SIGNALS)
         std = np.maximum(np.sqrt(cols["cal_var"][slots].astype(np.float64)), cfg.min_std)  # (m, SIGNALS)
         ready = count - cfg.skip >= cfg.warmup
-        signal, live_alarm = self._surprise(live, mean, std, ready)
-        _, ranked = self._surprise(live, mean, std, ready & _RANKED)  # (m,) the surprise the score ranks
+        z = self._z(live, mean, std, ready)  # (m, SIGNALS)
+        signal, live_alarm = self._most_surprising(z)
+        _, ranked = self._most_surprising(np.where(_RANKED, z, 0.0))  # (m,) the surprise the score ranks
         peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay  # (m,)
         scores = np.where(ranked > peak, ranked, ranked * (1.0 - cfg.damp))
         remembered = ranked
@@ -159,20 +160,22 @@ class Calibrator:
         if holding.any():
             h_std = cols["cal_held_std"][slots[holding]].astype(np.float64)  # (h, K)
             h_mean = cols["cal_held_mean"][slots[holding]].astype(np.float64)  # (h, K)
-            k, held_alarm = self._surprise(held[holding][:, _STATE], h_mean, np.maximum(h_std, cfg.min_std),
-                                           np.isfinite(h_std))
+            k, held_alarm = self._most_surprising(self._z(held[holding][:, _STATE], h_mean,
+                                                          np.maximum(h_std, cfg.min_std), np.isfinite(h_std)))
             alarm[holding], winner[holding] = held_alarm, _STATE[k]
         return Calibrated(alarm, scores, winner, remembered)
 
-    def _surprise(self, evidence: np.ndarray, mean: np.ndarray, std: np.ndarray, ready: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """The most surprising signal (m,) and its squashed surprise (m,) of evidence (m, k) against
-        distributions mean, std (m, k); a signal not `ready` (m, k) or NaN scores 0."""
-        cfg = self.config
+    def _z(self, evidence: np.ndarray, mean: np.ndarray, std: np.ndarray, ready: np.ndarray) -> np.ndarray:
+        """Surprise in sigma (m, k) of evidence (m, k) against distributions mean, std (m, k), capped at
+        z_max; a signal not `ready` (m, k) or NaN scores 0."""
         known = np.isfinite(evidence) & ready
-        z = np.where(known, np.minimum((np.where(known, evidence, 0.0) - mean) / std, cfg.z_max), 0.0)
+        return np.where(known, np.minimum((np.where(known, evidence, 0.0) - mean) / std, self.config.z_max),
+                        0.0)
+
+    def _most_surprising(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The most surprising signal (m,) of z (m, k) and its squashed surprise (m,)."""
         best = z.argmax(axis=1)  # (m,)
-        return best, squash(z[np.arange(len(z)), best], cfg.z_half)
+        return best, squash(z[np.arange(len(z)), best], self.config.z_half)
 
     def learn(self, store: StateStore, slots: np.ndarray, live: np.ndarray, calibrated: Calibrated) -> None:
         """Fold the live evidence (m, SIGNALS) into the live distributions (every device, every reading)
