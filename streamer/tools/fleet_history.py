@@ -111,18 +111,22 @@ def episodes_from_labels(path: Path) -> Episodes:
         if missing:
             raise ConfigError(f"--labels {path}: missing column(s) {', '.join(sorted(missing))}; expected "
                               "device_id,start,end")
+        where = f"--labels {path}"
         for line in reader:
-            spans[line["device_id"]].append((_ts(line["start"], path), _ts(line["end"], path)))
+            span = (event_time(line["start"], where), event_time(line["end"], where))
+            spans[line["device_id"]].append(span)
     return dict(spans)
 
 
-def _ts(text: str, path: Path) -> float:
+def event_time(text: str, where: str) -> float:
+    """Epoch seconds from text giving epoch seconds or an RFC 3339 time; a `ConfigError` naming `where`
+    (the flag or file it came from) otherwise."""
     try:
-        return float(text)
+        ts = float(text)
     except ValueError:
         ts = parse_timestamp(text)
-    if math.isnan(ts):
-        raise ConfigError(f"--labels {path}: {text!r} is neither epoch seconds nor an RFC 3339 time")
+    if not math.isfinite(ts):
+        raise ConfigError(f"{where}: {text!r} is neither epoch seconds nor an RFC 3339 time")
     return ts
 
 

@@ -117,21 +117,21 @@ def _fine_tune(args: argparse.Namespace) -> int:
 
 
 def _fleet_series(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
-    from streamer.ingest.codec import parse_timestamp
     from streamer.kafka.admin import wait_for_broker
     from streamer.kafka.client_config import KafkaClientSettings
     from streamer.tools.fleet_history import (
         History,
         episodes_from_alerts,
         episodes_from_labels,
+        event_time,
         read_topic_values,
         readings_of,
     )
 
     kafka = KafkaClientSettings(bootstrap_servers=args.bootstrap, client_id="rnnwatch-train")
     wait_for_broker(kafka, hint="check --bootstrap")
-    bounds = [-math.inf if args.since is None else _bound(args.since, "--since", parse_timestamp),
-              math.inf if args.until is None else _bound(args.until, "--until", parse_timestamp)]
+    bounds = [-math.inf if args.since is None else event_time(args.since, "--since"),
+              math.inf if args.until is None else event_time(args.until, "--until")]
     if args.labels is not None:
         episodes, left_out_by = episodes_from_labels(args.labels), f"labels {args.labels}"
     else:
@@ -145,9 +145,3 @@ def _fleet_series(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
                  "excluded_readings": history.excluded, "episodes_from": left_out_by}
     return history.series, described
 
-
-def _bound(text: str, flag: str, parse: Any) -> float:
-    ts = float(parse(float(text) if text.replace(".", "", 1).isdigit() else text))
-    if math.isnan(ts):
-        raise ConfigError(f"{flag} {text!r}: give epoch seconds or an RFC 3339 time")
-    return ts
