@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from model.forecaster import Forecaster
     from streamer.kafka.consumer import Polled
+    from streamer.scoring.pipeline import PipelineConfig
     from streamer.scoring.readings import ReadingBatch, ScoredBatch
     from streamer.scoring.state_store import StateStore
 
@@ -58,6 +59,9 @@ class Scorer(BatchScorer, Protocol):
 
     @property
     def device(self) -> torch.device: ...
+
+    @property
+    def config(self) -> PipelineConfig: ...
 
 
 # ---- Kafka clients ------------------------------------------------------------------------------------

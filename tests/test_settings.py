@@ -82,7 +82,8 @@ def test_settings_are_frozen_and_list_their_topics():
     with pytest.raises(AttributeError):
         s.group_id = "x"  # type: ignore[misc]
     assert s.topics == {"readings": "sensor.readings", "alerts": "sensor.alerts",
-                        "dlq": "sensor.readings.dlq", "state": "rnnwatch.state", "scores": "scores"}
+                        "dlq": "sensor.readings.dlq", "state": "rnnwatch.state", "scores": "scores",
+                        "feedback": "sensor.alerts.feedback"}
     assert s.codec_limits.max_message_bytes == 1_048_576
 
 

@@ -78,6 +78,7 @@ class CheckpointJob:
     tombstones_written: int = 0
     quarantined: list[tuple[int, str]] = field(default_factory=list)  # (position in snapshot, why)
     error: BrokerError | StateError | None = None
+    feedback_offsets: dict[int, int] = field(default_factory=dict)  # the feedback topic's, likewise
 
 
 class Checkpointer:
@@ -96,6 +97,7 @@ class Checkpointer:
         interval_s: float,
         commit: Callable[[Mapping[int, int]], None],
         flush_outputs: Callable[[], None] = lambda: None,
+        commit_feedback: Callable[[Mapping[int, int]], None] = lambda offsets: None,
         metrics: CheckpointMetrics | None = None,
         write_timeout_s: float = 20.0,
         max_record_bytes: int = STATE_RECORD_MAX_BYTES,
@@ -107,6 +109,7 @@ class Checkpointer:
         self.model_version = model_version
         self.interval_s = interval_s
         self._commit = commit
+        self._commit_feedback = commit_feedback
         self._flush_outputs = flush_outputs
         self._metrics = metrics
         self.write_timeout_s = write_timeout_s
@@ -114,6 +117,7 @@ class Checkpointer:
         self.quarantined = 0  # device states quarantined so far
         self._clock = clock
         self._positions: dict[int, int] = {}  # partition -> next offset, applied but not committed
+        self._feedback_positions: dict[int, int] = {}  # the same for the feedback topic
         self._tombstones: dict[int, set[str]] = {}
         self._next_at = clock() + interval_s
         self._pool = SlabPool()  # snapshot buffers, reused from one checkpoint to the next
@@ -128,6 +132,19 @@ class Checkpointer:
         cols[PARTITION][slots[held]] = batch.partitions[held]
         cols[DIRTY][slots[held & (scored.status == DropReason.SCORED)]] = True
         self._positions.update(offsets)
+
+    def track_feedback(self, changed: np.ndarray, offsets: Mapping[int, int]) -> None:
+        """Feedback applied: the devices it changed (slots) are dirty; its offsets go with the next commit."""
+        self.store.cols[DIRTY][changed] = True
+        self._feedback_positions.update(offsets)
+
+    def mark_dirty(self, partitions: Iterable[int]) -> int:
+        """Every held device of these partitions is written at the next checkpoint; how many."""
+        cols = self.store.cols
+        slots = np.flatnonzero(self.store.live & np.isin(cols[PARTITION], sorted(set(partitions)))
+                               & ~cols[QUARANTINED])
+        cols[DIRTY][slots] = True
+        return len(slots)
 
     def forget(self, slots: np.ndarray) -> None:
         """Devices about to be evicted: those the changelog holds get a tombstone at the next checkpoint."""
@@ -174,7 +191,9 @@ class Checkpointer:
         job = CheckpointJob(parts, take_snapshot(store, slots, pool=self._pool), cols[PARTITION][slots],
                             cols[WRITTEN][slots], tombstones,
                             {p: self._positions.pop(p) for p in parts if p in self._positions}, started,
-                            self.model_version, self.log_id)
+                            self.model_version, self.log_id,
+                            feedback_offsets={p: self._feedback_positions.pop(p) for p in parts
+                                              if p in self._feedback_positions})
         cols[DIRTY][slots] = False  # changes from now on belong to the next checkpoint
         cols[WRITTEN][slots] = True  # an eviction while it is written must leave a tombstone
         job.paused_s = time.perf_counter() - started
@@ -247,6 +266,8 @@ class Checkpointer:
             self._quarantine(job, i, why)
         if commit and job.offsets:
             self._commit(job.offsets)
+        if commit and job.feedback_offsets:
+            self._commit_feedback(job.feedback_offsets)
         elapsed = time.perf_counter() - job.started
         self._observe(elapsed)
         log.log(logging.INFO if job.offsets else logging.DEBUG,
@@ -263,6 +284,8 @@ class Checkpointer:
             self._tombstones.setdefault(p, set()).update(devices)
         for p, offset in job.offsets.items():
             self._positions.setdefault(p, offset)  # a later batch's position covers it
+        for p, offset in job.feedback_offsets.items():
+            self._feedback_positions.setdefault(p, offset)
 
     def _still_held(self, job: CheckpointJob) -> np.ndarray:
         """(m,) bool: the snapshot's slots still hold the same devices (none evicted or reused since)."""
@@ -304,6 +327,7 @@ class Checkpointer:
         self.store.evict_slots(mine)
         for p in parts:
             self._positions.pop(p, None)
+            self._feedback_positions.pop(p, None)
             self._tombstones.pop(p, None)
         return len(mine)
 

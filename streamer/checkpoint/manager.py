@@ -51,6 +51,7 @@ from streamer.checkpoint.eviction import DeviceEvictor
 from streamer.checkpoint.restore import Restorer
 from streamer.checkpoint.state_codec import NO_LOG_ID
 from streamer.errors import BrokerError, StateError
+from streamer.feedback.silencing import apply_silences
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class StateManager:
                  interval_s: float, max_devices: int, ttl_s: float,
                  commit: Callable[[Mapping[int, int]], None],
                  flush_outputs: Callable[[], None] = lambda: None, metrics: StateMetrics | None = None,
+                 commit_feedback: Callable[[Mapping[int, int]], None] = lambda offsets: None,
                  identify_log: Callable[[], bytes] = lambda: NO_LOG_ID,
                  beat: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -76,7 +78,8 @@ class StateManager:
         self.writer = writer
         self._metrics = metrics
         self.checkpointer = Checkpointer(self.store, writer, pipeline.model_version, interval_s=interval_s,
-                                         commit=commit, flush_outputs=flush_outputs, metrics=metrics)
+                                         commit=commit, flush_outputs=flush_outputs, metrics=metrics,
+                                         commit_feedback=commit_feedback)
         self.restorer = Restorer(self.store, reader, pipeline.model_version, metrics=metrics,
                                  on_installed=self.checkpointer.adopt, beat=beat)
         self.evictor = DeviceEvictor(self.store, max_devices=max_devices, ttl_s=ttl_s,
@@ -96,6 +99,7 @@ class StateManager:
     @classmethod
     def from_settings(cls, settings: Settings, pipeline: Scorer, producer_factory: Callable[[], Any], *,
                       commit: Callable[[Mapping[int, int]], None], flush_outputs: Callable[[], None],
+                      commit_feedback: Callable[[Mapping[int, int]], None] = lambda offsets: None,
                       metrics: StateMetrics | None = None,
                       beat: Callable[[], None] = lambda: None) -> StateManager:
         """The daemon's manager: `settings` is its `Settings` (state topic, interval, budget, TTL).
@@ -109,8 +113,13 @@ class StateManager:
         reader = changelog_reader(settings.kafka, settings.state_topic, settings.kafka_client, reachable)
         return cls(pipeline, writer, reader, interval_s=settings.checkpoint_interval_s,
                    max_devices=settings.max_devices, ttl_s=settings.device_ttl_s, commit=commit,
-                   flush_outputs=flush_outputs, metrics=metrics,
+                   flush_outputs=flush_outputs, metrics=metrics, commit_feedback=commit_feedback,
                    identify_log=topic_log_id(settings.kafka, settings.readings_topic), beat=beat)
+
+    @property
+    def restored(self) -> set[int]:
+        """The partitions owned and restored: those scored now (and whose feedback is read)."""
+        return self.owned - self.restorer.pending
 
     def attach(self, pause: Callable[[set[int]], None], resume: Callable[[set[int]], None]) -> None:
         """How to stop and restart fetching partitions (the daemon's consumer)."""
@@ -135,6 +144,7 @@ class StateManager:
         self.restorer.cancel(parts)
         self.owned -= parts
         if restored and not self._abandoned:
+            self._rewrite_if_relogged(restored)
             try:
                 self.checkpointer.checkpoint(restored)
             except (BrokerError, StateError) as exc:
@@ -145,6 +155,25 @@ class StateManager:
             self._next_offset.pop(p, None)
         log.info("released partitions %s: %d devices handed over", sorted(parts), dropped)
         self._gauges()
+
+    def _rewrite_if_relogged(self, parts: set[int]) -> None:
+        """Before the hand-over checkpoint: if the readings topic is not the one the states were written
+        under (a broker that lost its log and the changelog with it, a recreated topic), the changelog
+        may no longer hold the states not changed since: write every device of `parts`, not only the
+        changed ones, so that the next owner restores them all."""
+        before = self.checkpointer.log_id
+        if before == NO_LOG_ID:
+            return  # a broker without topic ids: nothing to compare
+        try:
+            now = self._identify_log()
+        except Exception as exc:  # the broker is unwell: the checkpoint that follows will say so
+            log.debug("readings topic id unavailable before the hand-over checkpoint: %s", exc)
+            return
+        if now != before:
+            marked = self.checkpointer.mark_dirty(parts)
+            log.warning("the readings topic is not the incarnation the device states were written under (a "
+                        "broker that lost its log, or a recreated topic): all %d devices of partitions %s "
+                        "are written again before they are handed over", marked, sorted(parts))
 
     # ---- main loop ------------------------------------------------------------------------------------
     def restore_pending(self) -> None:
@@ -175,7 +204,7 @@ class StateManager:
         self._check_rewind(batch)
         end, admitted = self.evictor.admit(batch)
         if end == len(batch) and admitted is None:
-            return self.pipeline.score(batch)  # the usual case: one call, no copies
+            return self._silence(batch, self.pipeline.score(batch))  # the usual case: one call, no copies
         parts, start = [], 0
         while True:
             idx = np.arange(start, end)
@@ -183,9 +212,14 @@ class StateManager:
                 idx = idx[admitted]
             parts.append((idx, self.pipeline.score(batch.take(idx))))
             if end == len(batch):
-                return _merge(parts, len(batch))
+                return self._silence(batch, _merge(parts, len(batch)))
             start = end
             end, admitted = self.evictor.admit(batch, start)
+
+    def _silence(self, batch: ReadingBatch, scored: ScoredBatch) -> ScoredBatch:
+        """What operators' silences withhold of the batch's alerts (`streamer.feedback.silencing`)."""
+        config = self.pipeline.config
+        return apply_silences(self.store, batch, scored, config.policy, self.pipeline.model_version)
 
     def applied(self, batch: ReadingBatch, scored: ScoredBatch, offsets: Mapping[int, int]) -> None:
         """The batch's output is sent (acknowledged by the next checkpoint's flush at the latest, which

@@ -59,8 +59,8 @@ class AlertPolicyConfig:
         if not 0 <= self.close_threshold <= self.open_threshold <= 1:
             raise ConfigError("alert thresholds need 0 <= close <= open <= 1 "
                               f"(got close={self.close_threshold}, open={self.open_threshold})")
-        if not 1 <= self.confirm_m <= self.confirm_n <= 32:
-            raise ConfigError(f"alert confirmation needs 1 <= M <= N <= 32 (got {self.confirm_m} of "
+        if not 1 <= self.confirm_m <= self.confirm_n <= 16:
+            raise ConfigError(f"alert confirmation needs 1 <= M <= N <= 16 (got {self.confirm_m} of "
                               f"{self.confirm_n})")
         if not 1 <= self.resolve_after <= _BELOW_MAX or not 0 < self.hold_beta <= 1:
             raise ConfigError(f"alert resolve_after must be in [1, {_BELOW_MAX}] and hold_beta in (0, 1] "
@@ -72,9 +72,10 @@ class AlertPolicyConfig:
 
 COLUMNS: tuple[Column, ...] = (
     Column("alert_state", np.int8),
-    Column("alert_hits", np.uint32),  # bit i set: the alarm i readings ago was >= open_threshold
+    Column("alert_hits", np.uint16),  # bit i set: the alarm i readings ago was >= open_threshold
     Column("alert_below", np.uint8),  # consecutive readings back to normal while firing (saturating)
     Column("alert_hold", np.float16),  # held alarm: exponential average of the alarm
+    Column("alert_peak", np.float16),  # the largest alarm of the latest episode (what a false positive undoes)
     Column("alert_started_at", np.float64, fill=np.nan),
     Column("alert_cooldown_until", np.float64, fill=-np.inf),
 )
@@ -100,7 +101,7 @@ class AlertPolicy:
 
     def __init__(self, config: AlertPolicyConfig | None = None) -> None:
         self.config = config or AlertPolicyConfig()
-        self._mask = np.uint32((1 << self.config.confirm_n) - 1)
+        self._mask = np.uint16((1 << self.config.confirm_n) - 1)
 
     @staticmethod
     def columns() -> tuple[Column, ...]:
@@ -116,7 +117,7 @@ class AlertPolicy:
         cols = store.cols
         state = cols["alert_state"][slots]
         hit = alarms >= cfg.open_threshold
-        hits = ((cols["alert_hits"][slots] << np.uint32(1)) | hit.astype(np.uint32)) & self._mask
+        hits = ((cols["alert_hits"][slots] << np.uint16(1)) | hit.astype(np.uint16)) & self._mask
         confirmed = np.bitwise_count(hits) >= cfg.confirm_m
         hold = cols["alert_hold"][slots].astype(np.float64)
         hold = np.where(state == FIRING, hold + cfg.hold_beta * (alarms - hold), alarms)
@@ -135,6 +136,8 @@ class AlertPolicy:
         cols["alert_hits"][slots] = np.where(opens, 0, hits)
         cols["alert_below"][slots] = np.where(new_state == FIRING, below, 0)
         cols["alert_hold"][slots] = np.where(opens, alarms, hold)
+        peak = cols["alert_peak"][slots]
+        cols["alert_peak"][slots] = np.where(opens, alarms, np.where(firing, np.maximum(peak, alarms), peak))
         cols["alert_started_at"][slots] = np.where(opens, ts, started)
         cols["alert_cooldown_until"][slots] = np.where(
             closes, ts + cfg.cooldown_s, cols["alert_cooldown_until"][slots]

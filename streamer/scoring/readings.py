@@ -124,7 +124,8 @@ class AlertEvent:
     model_version: str
     partition: int = -1
     offset: int = -1
-    reason: Literal["recovered", "accepted_new_normal"] | None = None  # why a `resolved` episode ended
+    # why a `resolved` episode ended (false_positive: an operator's verdict closed it, streamer.feedback)
+    reason: Literal["recovered", "accepted_new_normal", "false_positive"] | None = None
     duration_s: float | None = None  # event-time seconds the episode was open (`resolved` only)
 
 
@@ -143,6 +144,7 @@ class ScoredBatch:
     shadow_events: a shadow model's alert transitions for the same batch (`streamer.scoring.shadow`),
                  published to the shadow alerts topic only
     shadow_agreement: the shadow's running agreement with the live alert state (None: no shadow)
+    silenced:    firing events withheld because their device was silenced (`streamer.feedback.silencing`)
     """
 
     scores: np.ndarray
@@ -155,6 +157,7 @@ class ScoredBatch:
     reshaped: int = 0
     shadow_events: list[AlertEvent] = field(default_factory=list)
     shadow_agreement: float | None = None
+    silenced: int = 0
 
     def dropped_counts(self) -> dict[DropReason, int]:
         counts = np.bincount(self.status, minlength=len(DropReason))

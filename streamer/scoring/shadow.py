@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from model.forecaster import Forecaster
-from streamer.scoring.pipeline import ScoringPipeline
+from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.state_store import StateStore
 
@@ -70,6 +70,10 @@ class ShadowedPipeline:
     @property
     def device(self) -> torch.device:
         return self.live.device
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.live.config
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
         """The live answer for `batch`, with the shadow's alert events in `shadow_events`."""

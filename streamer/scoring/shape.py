@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESHAPE_AFTER = 5  # default of RNNWATCH_RESHAPE_AFTER
-KEEP_COLUMNS = frozenset({"row_start", "n_channels", "last_ts", "last_seen", "source_offset"})
+KEEP_COLUMNS = frozenset({"row_start", "n_channels", "last_ts", "last_seen", "source_offset",
+                          "silence_until"})
 # the checkpointer's bookkeeping columns (streamer.checkpoint.state_codec.BOOKKEEPING_PREFIX, which
 # scoring does not import; tests/test_device_guards.py keeps the two equal)
 BOOKKEEPING_PREFIX = "ckpt_"

@@ -82,9 +82,14 @@ CORE_COLUMNS: tuple[Column, ...] = (
     Column("row_start", np.int32),  # 2**31 rows: far beyond any one process's memory
     Column("n_channels", np.int16),
     Column("last_ts", np.float64, fill=-np.inf),
-    Column("last_seen", np.float64),  # wall-clock seconds of the last reading, for TTL and LRU
+    # wall-clock seconds of the last reading, for TTL and LRU: whole seconds (until 2106) pay for
+    # silence_until below
+    Column("last_seen", np.uint32),
     Column("source_offset", np.int64, fill=-1),  # last applied Kafka offset (exactly-once state effect)
     Column("steps", np.uint16),  # readings applied to the recurrent state since the last reset (saturating)
+    # an operator's silence: no alert is announced for readings before this event time (whole seconds, rounded
+    # up; 0: none). Set and lifted from the feedback topic (streamer.feedback)
+    Column("silence_until", np.uint32),
 )
 
 

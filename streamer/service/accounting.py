@@ -28,7 +28,7 @@ from prometheus_client import Histogram
 
 from streamer.ingest.codec import Decoded
 from streamer.ingest.dead_letter import DeadLetter
-from streamer.scoring.readings import ScoredBatch
+from streamer.scoring.readings import AlertEvent, ScoredBatch
 from streamer.service.metrics import Metrics
 
 
@@ -53,21 +53,30 @@ class BatchAccounting:
             m.clock_rebased.inc(scored.rebased)
         if scored.reshaped:
             m.device_reshaped.inc(scored.reshaped)
+        if scored.silenced:
+            m.alerts_silenced.inc(scored.silenced)
         if len(batch):
             m.observe_batch(scored, latency_s)  # scored, dropped by reason, alerts by state, size, waves
             scored_rows = scored.status == 0
             observe_many(m.end_to_end_lag, now - batch.ts[scored_rows])
-        for event in scored.events:
-            if event.state == "firing":
-                self.firing.add(event.device_id)
-            else:
-                self.firing.discard(event.device_id)
-        m.alerts_firing_devices.set(len(self.firing))
+        self.alert_events(scored.events, counted=True)
         if scored.shadow_agreement is not None:
             m.shadow_agreement.set(scored.shadow_agreement)
         n_scored = int(np.count_nonzero(scored.status == 0))
         self.totals.update(consumed=len(batch) + n_dead, scored=n_scored, dead_letters=n_dead + len(refused),
                            alerts=len(scored.events), batches=1)
+
+    def alert_events(self, events: Sequence[AlertEvent], *, counted: bool = False) -> None:
+        """Published alert events: the devices firing now; by state unless `counted` (a scored batch's
+        events are counted with the batch)."""
+        for event in events:
+            if event.state == "firing":
+                self.firing.add(event.device_id)
+            else:
+                self.firing.discard(event.device_id)
+            if not counted:
+                self.metrics.alerts.labels(state=event.state).inc()
+        self.metrics.alerts_firing_devices.set(len(self.firing))
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -46,6 +46,9 @@ from streamer.backoff import Backoff, Stopped
 from streamer.checkpoint.changelog import ensure_state_topic
 from streamer.checkpoint.manager import StateManager
 from streamer.contracts import ReadingsConsumer, Scorer
+from streamer.feedback.effects import FeedbackEffects
+from streamer.feedback.reader import FeedbackReader, make_feedback_consumer
+from streamer.feedback.step import FeedbackStep
 from streamer.ingest.codec import Decoded
 from streamer.ingest.dead_letter import DeadLetter
 from streamer.ingest.decode_worker import PollDecoder
@@ -62,7 +65,7 @@ from streamer.service.health import HealthServer
 from streamer.service.metrics import Metrics
 from streamer.service.output_window import OutputWindow
 from streamer.service.settings import Settings
-from streamer.service.startup import prepare_topics
+from streamer.service.startup import ensure_copartitioned, prepare_topics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,7 @@ class Daemon:
         self.batch_sizer = BatchSizer(smallest=min(MIN_POLL_RECORDS, settings.max_poll_records),
                                       largest=settings.max_poll_records)
         self.window: OutputWindow | None = None
+        self.feedback: FeedbackStep | None = None  # with RNNWATCH_FEEDBACK_TOPIC
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,6 +133,8 @@ class Daemon:
                 state.restore_pending()  # newly assigned partitions: restored before they are scored
                 if polled:
                     self._process(publisher, state, polled, caught_up=len(polled) < asked)
+                if self.feedback is not None:  # verdicts and silences of the partitions scored now
+                    self.feedback.run(publisher, state.restored, self._clock())
                 state.maybe_checkpoint()
             state.shutdown()
         except BaseException:
@@ -215,14 +221,41 @@ class Daemon:
                                    confirm=lambda: self._confirm(publisher))
         self.state = StateManager.from_settings(
             s, self.pipeline, self._producer_factory, metrics=self.metrics, commit=self._commit,
-            flush_outputs=lambda: self._confirm(publisher), beat=self._beat)
+            commit_feedback=self._commit_feedback, flush_outputs=lambda: self._confirm(publisher),
+            beat=self._beat)
         self.consumer = open_group_consumer(s, self._consumer_factory, on_assigned=self.state.on_assigned,
                                             on_revoked=self.state.on_revoked)
         self.state.attach(self.consumer.pause, self.consumer.resume)
+        self.feedback = self._open_feedback()
         self._problem = None
         log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
             "alerts_topic": s.alerts_topic, "dlq_topic": s.dlq_topic, "scores_topic": s.scores_topic})
         self.started.set()
+
+    def _open_feedback(self) -> FeedbackStep | None:
+        """The operator's loop on RNNWATCH_FEEDBACK_TOPIC (co-partitioned with the readings), or None."""
+        s, pipeline, state = self.settings, self.pipeline, self.state
+        if not s.feedback_topic or state is None:
+            return None
+        ensure_copartitioned(s, s.feedback_topic, "feedback")
+        config = pipeline.config
+        effects = FeedbackEffects(pipeline.store, pipeline.model_version, calibration=config.calibration,
+                                  policy=config.policy)
+        reader = FeedbackReader(lambda: make_feedback_consumer(s), s.feedback_topic)
+        return FeedbackStep(reader, effects, self.metrics, track=state.checkpointer.track_feedback,
+                            on_events=self.accounting.alert_events)
+
+    def _commit_feedback(self, offsets: Mapping[int, int]) -> None:
+        """Commit {partition: next offset} of the feedback topic, in the readings group (a checkpoint's)."""
+        from kafka import TopicPartition
+
+        assert self.consumer is not None and self.settings.feedback_topic
+        topic = self.settings.feedback_topic
+        try:
+            self.consumer.commit({TopicPartition(topic, p): offset for p, offset in offsets.items()})
+        except CommitError as exc:
+            self.metrics.commit_failures.inc()
+            log.warning("%s; that feedback will be read again (its effects are idempotent)", exc)
 
     def _confirm(self, publisher: Publisher) -> None:
         """Block until the output sent so far is acknowledged, retrying with backoff; never skip it."""
@@ -301,6 +334,8 @@ class Daemon:
             self.publisher.close()
         if self.decoder is not None:
             self.decoder.close()
+        if self.feedback is not None:
+            self.feedback.reader.close()
         if self.health is not None:
             self.health.close()
         log.info("stopped", extra={"totals": totals})

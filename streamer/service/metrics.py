@@ -37,6 +37,10 @@ RESTORE_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.
 ALERT_STATES: tuple[str, ...] = ("firing", "resolved")
 
 
+FEEDBACK_KINDS = ("false_positive", "true_positive", "ack", "silence", "lift")  # streamer.feedback.effects
+FEEDBACK_OUTCOMES = ("applied", "unknown_alert", "unknown_device")
+
+
 class Metrics:
     """Creates the metric families and offers the few updates the daemon makes more than once."""
 
@@ -47,6 +51,7 @@ class Metrics:
         self._state()
         self._guards()
         self._lifecycle()
+        self._feedback()
         # Known label values start at 0, so rate() and absent() see them before the first event.
         for reason in DropReason:
             if reason is not DropReason.SCORED:
@@ -133,6 +138,19 @@ class Metrics:
             "Device states that could not be checkpointed (too large, unencodable, refused by the broker): "
             "kept in memory only, so that every other device's checkpoint goes on.")
 
+    def _feedback(self) -> None:
+        """The operator's loop: verdicts and silences from the feedback topic (streamer.feedback)."""
+        self.feedback = self._counter(
+            "rnnwatch_feedback_total",
+            "Feedback messages read, by kind (false_positive|true_positive|ack|silence|lift), outcome "
+            "(applied|unknown_alert|unknown_device) and the model version that scores now; malformed ones "
+            "are counted in rnnwatch_dead_letters_total.", "kind", "outcome", "model_version")
+        self.devices_silenced = self._gauge(
+            "rnnwatch_devices_silenced", "Devices under an operator's silence now (event time).")
+        self.alerts_silenced = self._counter(
+            "rnnwatch_alerts_silenced_total",
+            "Firing events not published because their device was silenced.")
+
     def _lifecycle(self) -> None:
         self.commit_failures = self._counter("rnnwatch_commit_failures_total", "Offset commits that failed.")
         self.ready = self._gauge(
@@ -197,3 +215,6 @@ class Metrics:
 
     def set_model(self, version: str, architecture: str, device: str) -> None:
         self.model_info.info({"version": version, "architecture": architecture, "device": device})
+        for kind in FEEDBACK_KINDS:  # at 0 from the start, so a dashboard's precision has a denominator
+            for outcome in FEEDBACK_OUTCOMES:
+                self.feedback.labels(kind=kind, outcome=outcome, model_version=version)

@@ -62,6 +62,7 @@ class Settings:
     model: str | None = None
     shadow_model: str | None = None
     shadow_alerts_topic: str = "sensor.alerts.shadow"
+    feedback_topic: str | None = "sensor.alerts.feedback"
     device: str = "auto"
     log_level: str = "INFO"
     torch_threads: int = 1
@@ -103,6 +104,8 @@ class Settings:
             roles["scores"] = self.scores_topic
         if self.shadow_model:
             roles["shadow_alerts"] = self.shadow_alerts_topic
+        if self.feedback_topic:
+            roles["feedback"] = self.feedback_topic
         return roles
 
     @staticmethod
@@ -251,6 +254,9 @@ _OPTIONS: tuple[_Option, ...] = (
             "alerts topic only); unset: off", "DIR"),
     _Option("shadow_alerts_topic", "RNNWATCH_SHADOW_ALERTS_TOPIC", "--shadow-alerts-topic", _text,
             "where the shadow model's alert events go"),
+    _Option("feedback_topic", "RNNWATCH_FEEDBACK_TOPIC", "--feedback-topic", _optional_text,
+            "operators' verdicts on alerts and device silences (same partitions as readings, keyed by device "
+            "id); empty: off"),
     _Option("device", "RNNWATCH_DEVICE", "--device", _text,
             "auto (cuda when visible, else cpu), cpu or cuda[:N]"),
     _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from streamer.errors import ConfigError
-from streamer.kafka.admin import TopicSpec, ensure_topics
+from streamer.errors import BrokerError, ConfigError
+from streamer.kafka.admin import TopicSpec, ensure_topics, partition_count
 from streamer.service.settings import Settings, source_name
 
 log = logging.getLogger(__name__)
@@ -30,3 +30,18 @@ def prepare_topics(settings: Settings, existing: list[str], roles: tuple[str, ..
     specs = [TopicSpec(topic, settings.topic_partitions) for topic in missing.values()]
     counts = ensure_topics(settings.kafka, specs)
     log.info("created topics %s", sorted(missing.values()), extra={"partitions": counts})
+
+
+def ensure_copartitioned(settings: Settings, topic: str, role: str) -> int:
+    """Make sure `topic` exists with exactly the readings topic's partition count (a device's messages,
+    keyed by its id, then land in the partition of the same number as its readings); return the count."""
+    wanted = partition_count(settings.kafka, settings.readings_topic)
+    if settings.create_topics:
+        have = ensure_topics(settings.kafka, [TopicSpec(topic, wanted)])[topic]
+    else:
+        have = partition_count(settings.kafka, topic)
+    if have != wanted:
+        raise BrokerError(f"{role} topic {topic} has {have} partitions but {settings.readings_topic} has "
+                          f"{wanted}: a device's {role} would not reach the member that owns it; recreate it "
+                          f"with {wanted} partitions or point {source_name(f'{role}_topic')} at one that has")
+    return wanted

@@ -1,0 +1,1 @@
+"""The operator's loop: verdicts on alerts and device silences from the feedback topic."""
