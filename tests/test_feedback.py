@@ -185,7 +185,8 @@ def test_the_silence_survives_a_checkpoint_round_trip() -> None:
     pipe = _shipped()
     _silenced_feed(pipe, _sine_stream(200, 3), 0, 200)
     _effects(pipe).apply(Silence("dev", 1.9e9 + 0.25, "x"))
-    record = decode_state(encode_states(pipe.store, np.array([pipe.store.slot("dev")]), pipe.model_version)[0])
+    slot = np.array([pipe.store.slot("dev")])
+    record = decode_state(encode_states(pipe.store, slot, pipe.model_version)[0])
     fresh = _shipped()
     install_states(fresh.store, [record])
     assert int(fresh.store.cols["silence_until"][fresh.store.slot("dev")]) == 1_900_000_001

@@ -75,7 +75,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("alert_hits", np.uint16),  # bit i set: the alarm i readings ago was >= open_threshold
     Column("alert_below", np.uint8),  # consecutive readings back to normal while firing (saturating)
     Column("alert_hold", np.float16),  # held alarm: exponential average of the alarm
-    Column("alert_peak", np.float16),  # the largest alarm of the latest episode (what a false positive undoes)
+    Column("alert_peak", np.float16),  # the largest alarm of the latest episode (a false positive undoes it)
     Column("alert_started_at", np.float64, fill=np.nan),
     Column("alert_cooldown_until", np.float64, fill=-np.inf),
 )
