@@ -47,6 +47,7 @@ def daemon_settings(bootstrap: str, name: Callable[[str], str], client: str = "a
         "RNNWATCH_ALERTS_TOPIC": name("alerts"),
         "RNNWATCH_DLQ_TOPIC": name("dlq"),
         "RNNWATCH_SCORES_TOPIC": name("scores"),
+        "RNNWATCH_FEEDBACK_TOPIC": name("feedback"),
         "RNNWATCH_METRICS_PORT": "0",
         "RNNWATCH_DEVICE": "cpu",
     }
@@ -305,7 +306,7 @@ def serve(bootstrap: str, name: Callable[[str], str], *extra: str, client: str =
            "RNNWATCH_KAFKA_CLIENT": client,
            "RNNWATCH_READINGS_TOPIC": name("readings"), "RNNWATCH_ALERTS_TOPIC": name("alerts"),
            "RNNWATCH_DLQ_TOPIC": name("dlq"), "RNNWATCH_METRICS_PORT": str(free_port()),
-           "RNNWATCH_DEVICE": "cpu"}
+           "RNNWATCH_FEEDBACK_TOPIC": name("feedback"), "RNNWATCH_DEVICE": "cpu"}
     cmd = [sys.executable, "-m", "streamer.cli", "serve", "--session-timeout-ms", "2000", "--metrics-host",
            "127.0.0.1", *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), env

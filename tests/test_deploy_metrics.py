@@ -204,6 +204,7 @@ class ServeProcess:
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "RNNWATCH_KAFKA_CLIENT": client,
             "RNNWATCH_GROUP_ID": "rnnwatch-deploy-test", "RNNWATCH_READINGS_TOPIC": self.topic,
+            "RNNWATCH_FEEDBACK_TOPIC": f"{self.topic}.feedback",
             "RNNWATCH_METRICS_PORT": str(self.metrics_port), "RNNWATCH_DEVICE": "cpu",
             "RNNWATCH_CHECKPOINT_INTERVAL_S": "2", "RNNWATCH_LOG_LEVEL": "INFO",
         }

@@ -69,7 +69,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     settings = replace(
         Settings.from_sources(None, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}),
         readings_topic=f"bench.readings.{run_id}", alerts_topic=f"bench.alerts.{run_id}",
-        dlq_topic=f"bench.dlq.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
+        dlq_topic=f"bench.dlq.{run_id}", feedback_topic=f"bench.feedback.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
         topic_partitions=args.partitions, log_level="WARNING", kafka_client=resolve_client(args.client),
         decode_workers=args.decode_workers,
@@ -125,7 +125,8 @@ def _optional_phases(args: argparse.Namespace, settings: Any, produced: int, run
         from streamer.tools.bench_latency import alert_latency
 
         lat_settings = replace(_group(settings, f"bench-lat-{run_id}"), readings_topic=f"bench.lat.{run_id}",
-                               alerts_topic=f"bench.lat-alerts.{run_id}")
+                               alerts_topic=f"bench.lat-alerts.{run_id}",
+                               feedback_topic=f"bench.lat-feedback.{run_id}")
         latency = alert_latency(lat_settings, args.latency_fraction * rate, args.latency_seconds,
                                 args.devices, args.channels)
         out["latency"] = {"rate_fraction": args.latency_fraction, **latency}

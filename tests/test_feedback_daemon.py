@@ -1,0 +1,167 @@
+"""The operator's loop on a real broker: verdicts and silences on the feedback topic reach the member that
+owns the device, change what it alerts on, and survive a kill -9; bad feedback is dead-lettered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from harness import scrape, wait_for
+from test_daemon_e2e import daemon_settings, pipeline_factory, produce, read_topic  # noqa: F401
+from test_durable_state import start_serve, topics_env
+from test_pipeline import _sine_stream
+
+from streamer.ingest.dead_letter import parse_headers
+
+pytestmark = pytest.mark.kafka
+T0 = 1.7e9
+
+
+def readings(device: str, values: np.ndarray, a: int, b: int) -> list[tuple[bytes | None, bytes]]:
+    return [
+        (
+            device.encode(),
+            orjson.dumps({"device_id": device, "ts": T0 + 60 * t, "values": [float(values[t])]}),
+        )
+        for t in range(a, b)
+    ]
+
+
+def alerts(bootstrap: str, topic: str, device: str) -> list[dict[str, Any]]:
+    found = [orjson.loads(r.value) for r in read_topic(bootstrap, topic)]
+    return [a for a in found if a["device_id"] == device]
+
+
+def firing_steps(found: list[dict[str, Any]]) -> list[int]:
+    return [round((a["ts"] - T0) / 60) for a in found if a["state"] == "firing"]
+
+
+def feedback(bootstrap: str, topic: str, device: str, body: dict[str, Any] | bytes) -> None:
+    value = body if isinstance(body, bytes) else orjson.dumps({"device_id": device, **body})
+    produce(bootstrap, topic, [(device.encode(), value)])
+
+
+def test_false_positive_silence_and_bad_feedback_through_the_daemon(
+    kafka_bootstrap, unique_topic_name, kafka_client, pipeline_factory  # noqa: F811 (the fixture)
+):
+    from harness import running_daemon
+
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name, kafka_client, checkpoint_interval_s=1.0)
+    assert settings.feedback_topic
+    shifted = _sine_stream(3400, 11)
+    for at, size in ((1600, 6), (2200, 6), (2800, 18)):
+        shifted[at : at + 60] += size
+    quiet = _sine_stream(3400, 12)
+    quiet[1600:1660] += 6  # inside the silence
+    quiet[2800:2860] += 6  # after it
+    bootstrap, fb = kafka_bootstrap, settings.feedback_topic
+    with running_daemon(settings, pipeline_factory(), ready_within_s=30) as daemon:
+        produce(
+            bootstrap,
+            settings.readings_topic,
+            readings("fp", shifted, 0, 1605) + readings("quiet", quiet, 0, 10),
+        )
+        wait_for(
+            lambda: firing_steps(alerts(bootstrap, settings.alerts_topic, "fp")) == [1600], 90, "first firing"
+        )
+        opened = alerts(bootstrap, settings.alerts_topic, "fp")[0]
+        feedback(bootstrap, fb, "fp", {"alert_id": opened["alert_id"], "verdict": "false_positive"})
+        feedback(bootstrap, fb, "quiet", {"silence_until": T0 + 60 * 2000, "reason": "maintenance"})
+        feedback(bootstrap, fb, "quiet", b"{not json")
+        feedback(bootstrap, fb, "nobody", {"alert_id": "x", "verdict": "ack"})
+        wait_for(
+            lambda: any(
+                a.get("reason") == "false_positive" for a in alerts(bootstrap, settings.alerts_topic, "fp")
+            ),
+            60,
+            "false positive closes",
+        )
+        wait_for(
+            lambda: (
+                daemon.metrics.feedback.labels(
+                    kind="ack", outcome="unknown_device", model_version=daemon.pipeline.model_version
+                )._value.get()
+                == 1
+            ),
+            30,
+            "the last feedback applied",
+        )
+        produce(
+            bootstrap,
+            settings.readings_topic,
+            readings("fp", shifted, 1605, 3400) + readings("quiet", quiet, 10, 3400),
+        )
+        wait_for(lambda: daemon.accounting.totals["scored"] >= 2 * 3400, 180, "every reading scored")
+        time.sleep(1.0)
+        fp_alerts = alerts(bootstrap, settings.alerts_topic, "fp")
+        quiet_alerts = alerts(bootstrap, settings.alerts_topic, "quiet")
+        dead = [(r.key, parse_headers(r.headers)) for r in read_topic(bootstrap, settings.dlq_topic)]
+        metrics = daemon.metrics
+    assert firing_steps(fp_alerts) == [1600, 2800], fp_alerts  # the same shift at 2200 stays quiet
+    assert next(a.get("reason") for a in fp_alerts if a["state"] == "resolved") == "false_positive"
+    assert firing_steps(quiet_alerts) == [2800], quiet_alerts  # 1600 was inside the silence
+    assert [(k, h["reason"], h["source.topic"]) for k, h in dead] == [(b"quiet", "not_json", fb)]
+    version = daemon.pipeline.model_version
+    for kind in ("false_positive", "silence"):
+        assert metrics.feedback.labels(kind=kind, outcome="applied", model_version=version)._value.get() == 1
+    assert metrics.alerts_silenced._value.get() == 1
+
+
+def test_a_silence_survives_kill_9(kafka_bootstrap, unique_topic_name, tmp_path):
+    """The silence is applied and checkpointed; kill -9; the restarted daemon still withholds the episode."""
+    env = {**topics_env(kafka_bootstrap, unique_topic_name, partitions=2), "RNNWATCH_SCORES_TOPIC": ""}
+    values = _sine_stream(2000, 13)
+    values[1600:1660] += 6
+    log = (tmp_path / "serve.log").open("w")
+    proc, port = start_serve(env, log)
+    try:
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], readings("dev", values, 0, 1000))
+        feedback(
+            kafka_bootstrap,
+            env["RNNWATCH_FEEDBACK_TOPIC"],
+            "dev",
+            {"silence_until": T0 + 60 * 1900, "reason": "maintenance"},
+        )
+        applied = 'rnnwatch_feedback_total{kind="silence",model_version='
+        wait_for(lambda: _metric(port, applied, 'outcome="applied"') == 1, 60, "the silence applied")
+        checkpoints = scrape(port).get("rnnwatch_checkpoints_total", 0)
+        wait_for(
+            lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2,
+            30,
+            "a checkpoint after it",
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc, port = start_serve(env, log)
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], readings("dev", values, 1000, 2000))
+        wait_for(
+            lambda: scrape(port).get("rnnwatch_readings_scored_total", 0) >= 1000, 120, "the rest scored"
+        )
+        assert _metric(port, applied, 'outcome="applied"') == 0  # its offset was committed: not read again
+    finally:
+        _stop(proc)
+    assert firing_steps(alerts(kafka_bootstrap, env["RNNWATCH_ALERTS_TOPIC"], "dev")) == []
+
+
+def _metric(port: int, prefix: str, contains: str) -> float:
+    from harness import exposition
+
+    for line in exposition(port).splitlines():
+        if line.startswith(prefix) and contains in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
