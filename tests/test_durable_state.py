@@ -132,7 +132,8 @@ def topics_env(bootstrap: str, name: Callable[[str], str], partitions: int, clie
            "RNNWATCH_GROUP_ID": name("group"),
            "RNNWATCH_READINGS_TOPIC": name("readings"), "RNNWATCH_ALERTS_TOPIC": name("alerts"),
            "RNNWATCH_DLQ_TOPIC": name("dlq"), "RNNWATCH_SCORES_TOPIC": name("scores"),
-           "RNNWATCH_FEEDBACK_TOPIC": name("feedback"), "RNNWATCH_DEVICE": "cpu", "RNNWATCH_CHECKPOINT_INTERVAL_S": "1"}
+           "RNNWATCH_FEEDBACK_TOPIC": name("feedback"), "RNNWATCH_DEVICE": "cpu",
+           "RNNWATCH_CHECKPOINT_INTERVAL_S": "1"}
     ensure_topics(bootstrap, [TopicSpec(env["RNNWATCH_READINGS_TOPIC"], partitions)])
     return env
 

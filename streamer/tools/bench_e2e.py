@@ -69,7 +69,8 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     settings = replace(
         Settings.from_sources(None, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}),
         readings_topic=f"bench.readings.{run_id}", alerts_topic=f"bench.alerts.{run_id}",
-        dlq_topic=f"bench.dlq.{run_id}", feedback_topic=f"bench.feedback.{run_id}", metrics_port=0, metrics_host="127.0.0.1",
+        dlq_topic=f"bench.dlq.{run_id}", feedback_topic=f"bench.feedback.{run_id}", metrics_port=0,
+        metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
         topic_partitions=args.partitions, log_level="WARNING", kafka_client=resolve_client(args.client),
         decode_workers=args.decode_workers,
