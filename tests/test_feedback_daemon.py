@@ -48,7 +48,10 @@ def feedback(bootstrap: str, topic: str, device: str, body: dict[str, Any] | byt
 
 
 def test_false_positive_silence_and_bad_feedback_through_the_daemon(
-    kafka_bootstrap, unique_topic_name, kafka_client, pipeline_factory  # noqa: F811 (the fixture)
+    kafka_bootstrap,
+    unique_topic_name,
+    kafka_client,
+    pipeline_factory,  # noqa: F811 (the fixture)
 ):
     from harness import running_daemon
 
@@ -165,3 +168,67 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_silences_move_with_their_devices_in_a_rebalance(kafka_bootstrap, unique_topic_name, kafka_client):
+    """Eight devices silenced on one member; a second joins and takes half the partitions; a fault inside
+    the silence fires on none of them, while an unsilenced device with the same fault does."""
+    from dataclasses import replace
+
+    from harness import running_daemon
+
+    from streamer.service.settings import Settings
+
+    env = topics_env(kafka_bootstrap, unique_topic_name, partitions=4, client=kafka_client)
+    settings = replace(
+        Settings.from_sources(None, {**env, "RNNWATCH_METRICS_PORT": "0"}),
+        metrics_host="127.0.0.1",
+        session_timeout_ms=2000,
+        topic_partitions=4,
+    )
+    devices = [f"d{k}" for k in range(8)]
+    streams = {d: _sine_stream(2400, 20 + k) for k, d in enumerate([*devices, "ctl"])}
+    for values in streams.values():
+        values[1600:1660] += 6
+
+    def send(a: int, b: int) -> None:
+        produce(
+            kafka_bootstrap,
+            settings.readings_topic,
+            [rec for t in range(a, b) for d, v in streams.items() for rec in readings(d, v, t, t + 1)],
+        )
+
+    def silences_applied(daemon: Any) -> float:
+        version = daemon.pipeline.model_version
+        return daemon.metrics.feedback.labels(
+            kind="silence", outcome="applied", model_version=version
+        )._value.get()
+
+    with running_daemon(settings, stop_within_s=60) as first:
+        wait_for(lambda: first.readiness()[0], 60, "first member ready")
+        send(0, 1000)
+        wait_for(lambda: first.accounting.totals["scored"] >= 9 * 1000, 120, "the first stretch scored")
+        for d in devices:
+            feedback(
+                kafka_bootstrap, settings.feedback_topic, d, {"silence_until": T0 + 60 * 1900, "reason": "m"}
+            )
+        wait_for(lambda: silences_applied(first) == len(devices), 60, "the silences applied")
+        with running_daemon(settings, stop_within_s=60) as second:
+            members = (first, second)
+            wait_for(
+                lambda: all(m.consumer and m.consumer.assigned and m.readiness()[0] for m in members),
+                60,
+                "two members sharing the partitions",
+            )
+            moved = [d for d in devices if second.pipeline.store.slot(d) is not None]
+            send(1000, 2400)
+            wait_for(
+                lambda: sum(m.accounting.totals["scored"] for m in members) >= 9 * 2400,
+                180,
+                "the rest scored",
+            )
+            time.sleep(1.0)
+    assert moved, "the second member restored some of the silenced devices"
+    found = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
+    firing = sorted({a["device_id"] for a in found if a["state"] == "firing"})
+    assert firing == ["ctl"], firing
