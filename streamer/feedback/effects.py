@@ -18,7 +18,8 @@
 
 A verdict whose alert id is not the device's latest episode (another episode, another model
 version, already spent) is `unknown_alert`; a device this member does not hold (unknown, evicted, or
-owned by another member) is `unknown_device`. Neither changes anything.
+owned by another member) is `unknown_device` (the daemon dead-letters that message). Neither changes
+anything.
 """
 
 from __future__ import annotations

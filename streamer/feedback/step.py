@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.feedback.effects import FeedbackEffects
+from streamer.feedback.effects import UNKNOWN_DEVICE, FeedbackEffects
 from streamer.feedback.messages import decode_feedback
 from streamer.feedback.reader import FeedbackReader
 from streamer.feedback.silencing import silenced_now
-from streamer.ingest.dead_letter import DeadLetter
+from streamer.ingest.dead_letter import DeadLetter, DeadLetterReason
 from streamer.scoring.readings import AlertEvent
 
 if TYPE_CHECKING:
@@ -67,6 +67,11 @@ class FeedbackStep:
                 dead.append(feedback)
                 continue
             applied = self.effects.apply(feedback)
+            if applied.outcome == UNKNOWN_DEVICE:  # kept where an operator can fix and replay it
+                dead.append(DeadLetter(DeadLetterReason.UNKNOWN_DEVICE, f"{applied.kind} for device "
+                                       f"{feedback.device_id[:64]!r}, which the owner of partition "
+                                       f"{rec.partition} does not hold (never seen, evicted, or the key is "
+                                       "not the device id)", rec))
             self.metrics.feedback.labels(kind=applied.kind, outcome=applied.outcome,
                                          model_version=version).inc()
             log.info("feedback %s for device %r: %s", applied.kind, feedback.device_id[:64], applied.outcome,

@@ -49,6 +49,8 @@ class DeadLetterReason(enum.StrEnum):
     OUT_OF_ORDER = "out_of_order"  # ts not newer than the device's last reading
     CHANNEL_MISMATCH = "channel_mismatch"  # channels differ from the device's (until it is re-initialised)
     DECODER_ERROR = "decoder_error"  # the decoder itself failed: a bug, logged; the record is kept
+    # feedback (streamer.feedback): a verdict or silence for a device the partition's owner does not hold
+    UNKNOWN_DEVICE = "unknown_device"
 
     @property
     def label(self) -> str:
