@@ -9,17 +9,16 @@ Which record wins, per device, reading the partition in offset order:
 
 Records are installed chunk by chunk as they arrive, so a restore needs no memory beyond the store.
 
-Model version mismatch (documented policy): a state written by another model version is not applied
-blindly. The device *re-enters warm-up*: its recurrent rows (hidden state, forecast, and every other
-row field) and every per-device column (calibration, alert state, step count, and any column added
-later) are reset to a new device's values; kept are what describes the sensor or the stream rather
-than the model: channel names, last event time, last applied offset (so replayed readings are still
-skipped: their scores were published) and the normaliser's per-channel statistics. Its first
-`warmup` readings then score 0, as for a new device. A record written under another state schema
-(its payload layout differs) keeps only its header, normaliser included in the reset. Both are
-counted in `rnnwatch_state_version_mismatch_total`, and the reset state is written at the next
-checkpoint so that the next restore does not repeat it. An alert that was firing under the old model
-is not resolved by an event: the new model's first episode starts afresh.
+Model version mismatch (documented policy): a state written by another model version keeps what
+describes the sensor and its normal and forgets what the old model produced (`scoring.model_change`):
+its hidden state, forecast and forecast-error statistics, and the calibration of the two signals
+measured on the forecast error, which warm up again; the normaliser, the other signals' calibration,
+the alert state (an open episode carries on under the same alert id), the held normal and a silence
+stay, so the device scores and alerts from its first reading on the new model. A record written under
+another state schema (its payload layout differs) keeps only its header (channels, last event time,
+last applied offset) and starts as a new device: its first `warmup` readings score 0. Both are counted
+in `rnnwatch_state_version_mismatch_total`, and the adapted state is written at the next checkpoint
+so that the next restore does not repeat it.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from streamer.checkpoint.state_codec import (
     install_states,
 )
 from streamer.errors import StateError
-from streamer.scoring.event_time import NORMALISER_ROWS
+from streamer.scoring.model_change import forget_the_model
 from streamer.scoring.shape import kept_columns
 from streamer.scoring.state_store import StateStore
 
@@ -50,20 +49,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MISSING = object()
-Installed = Callable[[np.ndarray, int, np.ndarray], None]  # (slots, partition, re-entered warm-up mask)
+Installed = Callable[[np.ndarray, int, np.ndarray], None]  # (slots, partition, adapted-to-this-model mask)
 
 
-def reenter_warmup(store: StateStore, slots: np.ndarray, keep_normaliser: np.ndarray | bool = True) -> None:
-    """Reset these devices to a new device's state except channels, event time, offset and (where
-    `keep_normaliser`) the normaliser; the relation model is learned on the model's inputs: re-learned."""
+def adapt_to_model(store: StateStore, slots: np.ndarray, payload_known: np.ndarray | bool = True) -> None:
+    """States of another model version (m,): where their payload was read (`payload_known`), forget only
+    what the old model produced; elsewhere (another schema) keep channels, event time and offset only."""
     if len(slots) == 0:
         return
-    keep = np.broadcast_to(np.asarray(keep_normaliser, dtype=bool), slots.shape)
-    kept = kept_columns(store)
-    if keep.any():
-        store.reset_devices(slots[keep], keep=kept, keep_rows=NORMALISER_ROWS)
-    if not keep.all():
-        store.reset_devices(slots[~keep], keep=kept)
+    known = np.broadcast_to(np.asarray(payload_known, dtype=bool), slots.shape)
+    forget_the_model(store, slots[known])
+    if not known.all():
+        store.reset_devices(slots[~known], keep=kept_columns(store))
 
 
 class Restorer:
@@ -122,9 +119,9 @@ class Restorer:
             m.restored_devices.inc(run.installed)
             m.state_version_mismatch.inc(run.mismatched)
             m.restore_duration.observe(elapsed)
-        log.info("restored %d devices of partitions %s in %.2f s (%d records read, %d re-entered warm-up "
-                 "after a model or schema change, %d invalid records skipped)", run.installed, parts,
-                 elapsed, records, run.mismatched, run.invalid, extra=self.last)
+        log.info("restored %d devices of partitions %s in %.2f s (%d records read, %d written by another "
+                 "model version or schema and adapted to this one, %d invalid records skipped)",
+                 run.installed, parts, elapsed, records, run.mismatched, run.invalid, extra=self.last)
         return run.installed
 
     def _progress(self, done: int, total: int, run: _Run | None = None) -> None:
@@ -146,7 +143,7 @@ class _Run:
         self.installed = self.invalid = self.relogged = 0
         self.expected = 0  # records the changelog holds (from its end offsets), to size the store once
         self._reserved = False
-        self._stale: set[str] = set()  # devices whose latest installed record re-entered warm-up
+        self._stale: set[str] = set()  # devices whose latest installed record came from another model
 
     @property
     def mismatched(self) -> int:
@@ -170,7 +167,7 @@ class _Run:
         slots, known = install_states(store, states, self.schema)
         versions = np.array([rec.model_version == self.model_version for rec in states])
         stale = ~known | ~versions
-        reenter_warmup(store, slots[stale], keep_normaliser=known[stale])
+        adapt_to_model(store, slots[stale], payload_known=known[stale])
         relogged = np.array([self.log_id != NO_LOG_ID and rec.log_id != self.log_id for rec in states])
         store.cols["source_offset"][slots[relogged]] = -1  # those offsets counted in a log that is gone
         self.relogged += int(relogged.sum())

@@ -1,7 +1,7 @@
 """What a feedback message does to the state of the device it names.
 
 - `false_positive` for the device's latest episode (its alert id is recomputed from the device's
-  state: device, start, model version): the device learns that what fired is normal for it. Its
+  state: device and start): the device learns that what fired is normal for it. Its
   calibration is widened so that the episode's level of surprise would have stayed below the alert
   threshold with a margin: every signal's spread is multiplied by
   `margin * z(episode) / z(open threshold)`, where z(episode) is the surprise of the episode's largest
@@ -16,8 +16,8 @@
 - `true_positive`, `ack`: counted (per model version: the precision operators report), no change.
 - a silence sets the device's `silence_until` (whole seconds, rounded up); null lifts it.
 
-A verdict whose alert id is not the device's latest episode (another episode, another model
-version, already spent) is `unknown_alert`; a device this member does not hold (unknown, evicted, or
+A verdict whose alert id is not the device's latest episode (an older episode, already spent) is
+`unknown_alert`; a device this member does not hold (unknown, evicted, or
 owned by another member) is `unknown_device` (the daemon dead-letters that message). Neither changes
 anything.
 """
@@ -76,7 +76,7 @@ class FeedbackEffects:
         if slot is None:
             return Applied(verdict.verdict, UNKNOWN_DEVICE)
         started = float(self.store.cols["alert_started_at"][slot])
-        latest = None if math.isnan(started) else alert_id(verdict.device_id, started, self.model_version)
+        latest = None if math.isnan(started) else alert_id(verdict.device_id, started)
         if latest != verdict.alert_id:
             return Applied(verdict.verdict, UNKNOWN_ALERT)
         if verdict.verdict != FALSE_POSITIVE:
@@ -112,7 +112,7 @@ class FeedbackEffects:
         cols["alert_cooldown_until"][slot] = ts + self.policy.cooldown_s
         cols["cal_held_std"][slot] = np.nan  # the held normal ends with the episode
         return [AlertEvent(
-            alert_id=alert_id(device_id, started, self.model_version), device_id=device_id, state="resolved",
+            alert_id=alert_id(device_id, started), device_id=device_id, state="resolved",
             ts=ts, started_at=started, score=float(cols["alert_hold"][slot]),
             threshold=self.policy.close_threshold, channels=(), model_version=self.model_version,
             reason="false_positive", duration_s=ts - started)]

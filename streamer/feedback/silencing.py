@@ -76,7 +76,7 @@ def _announce(store: StateStore, batch: ReadingBatch, slots: np.ndarray, ends: n
         if started >= ends[i]:  # opened at or after the silence's end: its own firing event is published
             continue
         out.append(AlertEvent(
-            alert_id=alert_id(device, started, model_version), device_id=device, state="firing", ts=ts,
+            alert_id=alert_id(device, started), device_id=device, state="firing", ts=ts,
             started_at=started, score=alarm, threshold=policy.open_threshold, channels=(),
             model_version=model_version, partition=int(batch.partitions[i]), offset=int(batch.offsets[i])))
     return out

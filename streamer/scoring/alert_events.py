@@ -47,7 +47,7 @@ def wave_events(batch: ReadingBatch, wave: WaveReadings, alarm: np.ndarray, tran
         c = int(batch.n_channels[i])
         first_row = int(wave.starts[j])
         out.append(AlertEvent(
-            alert_id=alert_id(device_id, begun, model_version),
+            alert_id=alert_id(device_id, begun),
             device_id=device_id,
             state=state,  # type: ignore[arg-type]
             ts=ts,

@@ -20,8 +20,8 @@ episode resolves with reason `accepted_new_normal`. Either way a close ends the 
 normal, which has been learning the regime all along, is what the device's alarm measures against
 again (nothing re-warms). Separate open and close levels give hysteresis; M-of-N confirmation trades a
 little latency for fewer one-reading blips; the cooldown (event time) keeps a flapping sensor from
-paging every few minutes. Alert ids are a hash of (device, start time, model version), so replaying
-the same stream gives the same ids.
+paging every few minutes. Alert ids are a hash of (device, start time), so replaying the same stream
+gives the same ids, and an episode that a new model carries on (`model_change`) keeps its id.
 
 Vectorised over the devices of one wave: slots (m,), alarms (m,), ts (m,).
 """
@@ -91,8 +91,10 @@ class Transitions:
     accepted: np.ndarray  # (a,) int64, resolved: open for max_episode_s, the new regime is the new normal
 
 
-def alert_id(device_id: str, started_at: float, model_version: str) -> str:
-    key = f"{device_id}\x1f{started_at!r}\x1f{model_version}".encode()
+def alert_id(device_id: str, started_at: float) -> str:
+    """The episode's id: the same for every model that carries the episode on (a restart or a swap onto
+    another model version keeps the device's alert state) and for every replay of the stream."""
+    key = f"{device_id}\x1f{started_at!r}".encode()
     return hashlib.sha256(key).hexdigest()[:24]
 
 
