@@ -69,7 +69,7 @@ def test_metrics_match_the_architecture_table(metrics_endpoint: tuple[Metrics, i
     metrics.set_model("v1", "gru", "cpu")
     table = re.findall(r"^\| `(rnnwatch_\w+)` \| (\w+) \| (.*?) ?\|$",
                        (ROOT / "docs" / "ARCHITECTURE.md").read_text(), re.M)
-    assert len(table) == 35
+    assert len(table) == 37
     families = {f.name: f for f in text_string_to_metric_families(openmetrics(port))}
     for name, kind, labels in table:
         family = families[name.removesuffix("_total").removesuffix("_info")]

@@ -116,6 +116,12 @@ class StateManager:
                    flush_outputs=flush_outputs, metrics=metrics, commit_feedback=commit_feedback,
                    identify_log=topic_log_id(settings.kafka, settings.readings_topic), beat=beat)
 
+    def adopt_model(self, version: str) -> None:
+        """The pipeline scores with another model now (a hot swap completed): states are written under
+        its version from the next checkpoint on, every held device's included."""
+        self.checkpointer.model_version = self.restorer.model_version = version
+        self.checkpointer.mark_dirty(self.owned)
+
     @property
     def restored(self) -> set[int]:
         """The partitions owned and restored: those scored now (and whose feedback is read)."""

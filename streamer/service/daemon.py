@@ -56,13 +56,16 @@ from streamer.ingest.refusals import refusal_dead_letters
 from streamer.kafka.admin import wait_for_broker
 from streamer.kafka.consumer import CommitError, Polled
 from streamer.kafka.publisher import Publisher, PublishError
+from streamer.scoring.pipeline import ScoringPipeline
 from streamer.scoring.readings import ReadingBatch
+from streamer.scoring.swap import SwappingPipeline
 from streamer.service.accounting import BatchAccounting
 from streamer.service.batch_size import BatchSizer
 from streamer.service.chunks import wave_chunks
 from streamer.service.clients import make_consumer, make_producer, open_group_consumer
 from streamer.service.health import HealthServer
 from streamer.service.metrics import Metrics
+from streamer.service.model_watch import ModelWatcher
 from streamer.service.output_window import OutputWindow
 from streamer.service.settings import Settings
 from streamer.service.startup import ensure_copartitioned, prepare_topics
@@ -111,9 +114,16 @@ class Daemon:
                                       largest=settings.max_poll_records)
         self.window: OutputWindow | None = None
         self.feedback: FeedbackStep | None = None  # with RNNWATCH_FEEDBACK_TOPIC
+        self.swap: SwappingPipeline | None = None  # a hot model swap in progress
+        refused = self.metrics.model_swaps.labels(outcome="refused")
+        self.models = ModelWatcher(settings.model, settings.model_check_interval_s, on_refused=refused.inc)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def check_model(self) -> None:
+        """Look for a new model artifact at the next turn of the loop (SIGHUP)."""
+        self.models.request()
 
     def run(self) -> int:
         """Serve until `stop()`; 0 on a clean stop. Startup errors raise (`BrokerError`, `ConfigError`)."""
@@ -135,6 +145,7 @@ class Daemon:
                     self._process(publisher, state, polled, caught_up=len(polled) < asked)
                 if self.feedback is not None:  # verdicts and silences of the partitions scored now
                     self.feedback.run(publisher, state.restored, self._clock())
+                self._swap_turn(state)
                 state.maybe_checkpoint()
             state.shutdown()
         except BaseException:
@@ -231,6 +242,42 @@ class Daemon:
         log.info("consuming %s as group %s", s.readings_topic, s.group_id, extra={
             "alerts_topic": s.alerts_topic, "dlq_topic": s.dlq_topic, "scores_topic": s.scores_topic})
         self.started.set()
+
+    def _swap_turn(self, state: StateManager) -> None:
+        """Start a hot swap when the model directory holds a new artifact; finish the one in progress."""
+        if self.swap is not None:
+            self.metrics.model_swap_progress.set(self.swap.progress)
+            if self.swap.done:
+                self._promote(state, self.swap)
+            return
+        live = self.pipeline
+        if not self.models.due() or not isinstance(live, ScoringPipeline):  # a shadowed pipeline: no swap
+            return
+        artifact = self.models.check(live)
+        if artifact is None:
+            return
+        incoming = ScoringPipeline(artifact, live.config, live.device)
+        self.swap = SwappingPipeline(live, incoming, deadline_s=self.settings.swap_deadline_s)
+        self.pipeline = state.pipeline = self.swap
+        self.metrics.model_swaps.labels(outcome="started").inc()
+        self.metrics.model_swap_progress.set(0.0)
+        log.info("hot swap from model %s to %s started: the new model warms up on each device, then takes "
+                 "it over", live.model_version, artifact.version,
+                 extra={"event": "model_swap_started", "version": artifact.version})
+
+    def _promote(self, state: StateManager, swap: SwappingPipeline) -> None:
+        taken, held = len(swap.taken_over), len(swap.live.store)
+        old = swap.live.model_version
+        live = swap.promote()
+        self.pipeline = state.pipeline = live
+        self.swap = None
+        state.adopt_model(live.model_version)
+        self._model_info()
+        self.metrics.model_swaps.labels(outcome="completed").inc()
+        self.metrics.model_swap_progress.set(1.0)
+        log.info("hot swap from model %s to %s completed: %d of %d devices taken over warm, the rest carried "
+                 "over with the forecast signals warming up", old, live.model_version, taken, held,
+                 extra={"event": "model_swap_completed", "version": live.model_version})
 
     def _open_feedback(self) -> FeedbackStep | None:
         """The operator's loop on RNNWATCH_FEEDBACK_TOPIC (co-partitioned with the readings), or None."""

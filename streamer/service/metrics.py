@@ -62,6 +62,9 @@ class Metrics:
             self.alerts.labels(state=state)
             self.shadow_alerts.labels(state=state)
         self.shadow_agreement.set(1.0)
+        self.model_swap_progress.set(1.0)
+        for outcome in ("started", "completed", "refused"):
+            self.model_swaps.labels(outcome=outcome)
         self._lag_labels: set[tuple[str, str]] = set()
 
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
@@ -147,6 +150,13 @@ class Metrics:
             "are counted in rnnwatch_dead_letters_total.", "kind", "outcome", "model_version")
         self.devices_silenced = self._gauge(
             "rnnwatch_devices_silenced", "Devices under an operator's silence now (event time).")
+        self.model_swaps = self._counter(
+            "rnnwatch_model_swaps_total",
+            "Hot model swaps, by outcome: started, completed, refused (a broken or incompatible artifact).",
+            "outcome")
+        self.model_swap_progress = self._gauge(
+            "rnnwatch_model_swap_progress_ratio",
+            "Share of the devices held that the incoming model has taken over (1 when no swap is running).")
         self.alerts_silenced = self._counter(
             "rnnwatch_alerts_silenced_total",
             "Firing events not published because their device was silenced.")

@@ -63,6 +63,8 @@ class Settings:
     shadow_model: str | None = None
     shadow_alerts_topic: str = "sensor.alerts.shadow"
     feedback_topic: str | None = "sensor.alerts.feedback"
+    model_check_interval_s: float = 30.0  # 0: no hot swap (a new model needs a restart)
+    swap_deadline_s: float = 7200.0
     device: str = "auto"
     log_level: str = "INFO"
     torch_threads: int = 1
@@ -170,6 +172,16 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _seconds_or_zero(raw: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds >= 0") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError("expected a number of seconds >= 0")
+    return value
+
+
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
@@ -257,6 +269,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("feedback_topic", "RNNWATCH_FEEDBACK_TOPIC", "--feedback-topic", _optional_text,
             "operators' verdicts on alerts and device silences (same partitions as readings, keyed by device "
             "id); empty: off"),
+    _Option("model_check_interval_s", "RNNWATCH_MODEL_CHECK_INTERVAL_S", "--model-check-interval-s",
+            _seconds_or_zero, "seconds between looks at the model directory for a new artifact to swap to "
+            "without a restart (SIGHUP: look now); 0: off"),
+    _Option("swap_deadline_s", "RNNWATCH_SWAP_DEADLINE_S", "--swap-deadline-s", _seconds,
+            "a hot swap completes after this long even if some devices did not warm up on the new model"),
     _Option("device", "RNNWATCH_DEVICE", "--device", _text,
             "auto (cuda when visible, else cpu), cpu or cuda[:N]"),
     _Option("log_level", "RNNWATCH_LOG_LEVEL", "--log-level", _log_level,

@@ -61,7 +61,12 @@ def _serve(settings: Any) -> int:
         log.info("%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name)
         daemon.stop()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        log.info("SIGHUP received: looking for a new model artifact in the model directory now")
+        daemon.check_model()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         return daemon.run()
     finally:

@@ -1,5 +1,7 @@
 """The operator's loop on a real broker: verdicts and silences on the feedback topic reach the member that
-owns the device, change what it alerts on, and survive a kill -9; bad feedback is dead-lettered."""
+owns the device, change what it alerts on, and survive a kill -9 and a rebalance; bad feedback is
+dead-lettered. A hot model swap under a steady stream: nothing unscored, faults still alert, states end on
+the new version; a broken artifact is refused."""
 
 from __future__ import annotations
 
@@ -233,3 +235,79 @@ def test_silences_move_with_their_devices_in_a_rebalance(kafka_bootstrap, unique
     found = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
     firing = sorted({a["device_id"] for a in found if a["state"] == "firing"})
     assert firing == ["ctl"], firing
+
+
+# ---- hot model swap ---------------------------------------------------------------------------------------
+def _swap_messages(x: np.ndarray, a: int, b: int) -> list[tuple[bytes | None, bytes]]:
+    from test_swap import DEVICES
+
+    return [(d.encode(), orjson.dumps({"device_id": d, "ts": T0 + 60 * t, "values": x[t, k].tolist()}))
+            for t in range(a, b) for k, d in enumerate(DEVICES)]
+
+
+def _write_artifact(model_dir: Any, source: Any) -> None:
+    """Replace the artifact's files the way a volume update does: weights first, config (the version) last."""
+    import shutil
+
+    for name in ("model.safetensors", "config.json"):
+        shutil.copyfile(source / name, model_dir / f".{name}.tmp")
+        os.replace(model_dir / f".{name}.tmp", model_dir / name)
+
+
+def test_hot_swap_under_a_steady_stream_and_a_broken_artifact_refused(kafka_bootstrap, unique_topic_name,
+                                                                       kafka_client, tmp_path):
+    import shutil
+
+    from harness import running_daemon
+    from test_swap import DEVICES, fleet, other_model
+
+    from model.artifact import default_model_dir, save
+    from streamer.checkpoint.state_codec import decode_state
+    from streamer.scoring.factory import build_pipeline
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model_dir)
+    nudged = other_model()
+    new_version = save(nudged.model, tmp_path / "new", nudged.normaliser, {}, {})
+    shutil.copytree(tmp_path / "new", tmp_path / "broken")
+    weights = (tmp_path / "broken" / "model.safetensors").read_bytes()
+    (tmp_path / "broken" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    config = orjson.loads((tmp_path / "broken" / "config.json").read_bytes())
+    (tmp_path / "broken" / "config.json").write_bytes(orjson.dumps({**config, "version": "gru-h24-broken"}))
+
+    settings = daemon_settings(kafka_bootstrap, unique_topic_name, kafka_client, checkpoint_interval_s=1.0,
+                               model=str(model_dir), model_check_interval_s=0.5)
+    faults = {"dev-0": 630, "dev-1": 760}  # while the new model warms up; after it took over
+    x = fleet(960, faults)
+    bootstrap = kafka_bootstrap
+    with running_daemon(settings, build_pipeline(str(model_dir), "cpu"), ready_within_s=30) as daemon:
+        old_version = daemon.pipeline.model_version
+        swaps = daemon.metrics.model_swaps
+        produce(bootstrap, settings.readings_topic, _swap_messages(x, 0, 600))
+        wait_for(lambda: daemon.accounting.totals["scored"] >= 600 * len(DEVICES), 120, "the history scored")
+        _write_artifact(model_dir, tmp_path / "new")
+        wait_for(lambda: swaps.labels(outcome="started")._value.get() == 1, 30, "the swap started")
+        for start in range(600, 900, 20):  # a steady stream through the swap
+            produce(bootstrap, settings.readings_topic, _swap_messages(x, start, start + 20))
+            time.sleep(0.2)
+        wait_for(lambda: swaps.labels(outcome="completed")._value.get() == 1, 60, "the swap completed")
+        assert daemon.pipeline.model_version == new_version != old_version
+        _write_artifact(model_dir, tmp_path / "broken")
+        wait_for(lambda: swaps.labels(outcome="refused")._value.get() == 1, 30, "the broken artifact refused")
+        produce(bootstrap, settings.readings_topic, _swap_messages(x, 900, 960))
+        wait_for(lambda: daemon.accounting.totals["scored"] >= 960 * len(DEVICES), 120,
+                 "every reading scored")
+        time.sleep(2.5)  # a checkpoint after the last readings
+        assert daemon.pipeline.model_version == new_version  # the model in service serves on
+    scored = {(orjson.loads(r.value)["device_id"], orjson.loads(r.value)["ts"])
+              for r in read_topic(bootstrap, settings.scores_topic)}
+    assert scored >= {(d, T0 + 60 * t) for t in range(960) for d in DEVICES}  # no reading without a score
+    found = [orjson.loads(r.value) for r in read_topic(bootstrap, settings.alerts_topic)]
+    firing = {a["device_id"]: round((a["ts"] - T0) / 60) for a in found if a["state"] == "firing"}
+    for device, at in faults.items():
+        assert at <= firing.get(device, -1) <= at + 5, (device, firing)
+    latest: dict[str, str] = {}
+    for record in read_topic(bootstrap, settings.state_topic):
+        if record.value is not None:
+            latest[record.key.decode()] = decode_state(record.value).model_version
+    assert latest == dict.fromkeys(DEVICES, new_version)
