@@ -108,12 +108,14 @@ def test_a_false_positive_stops_the_same_pattern_and_a_bigger_fault_still_fires(
     assert _firing(_feed(pipe, values, 2700, 3400).events) == [2800]  # three times bigger: fires
 
 
+@pytest.mark.slow  # 3,400 readings of one device, one at a time in waves
 def test_without_the_verdict_the_same_pattern_fires_again() -> None:
     """The control for the test above: the second shift does fire when nobody said anything."""
     values = _shifts(18.0)
     assert _firing(_feed(_shipped(), values, 0, 2700).events) == [1600, 2200]
 
 
+@pytest.mark.slow  # 3,400 readings of one device, one at a time in waves
 def test_a_stuck_sensor_still_fires_after_a_false_positive_on_a_shift() -> None:
     values = _shifts(0.0)
     values[2800:3000] = values[2800]
@@ -168,6 +170,7 @@ def test_a_silence_withholds_episodes_until_it_ends_and_not_after() -> None:
     assert int(pipe.store.cols["silence_until"][pipe.store.slot("dev")]) == 0  # over
 
 
+@pytest.mark.slow  # 3,400 readings of one device, one at a time in waves
 def test_a_lifted_silence_lets_the_next_episode_fire() -> None:
     values = _sine_stream(2000, 11)
     values[1600:1660] += 6

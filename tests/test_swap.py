@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from model.artifact import ModelArtifact, load
@@ -72,6 +73,7 @@ def test_the_incoming_model_takes_over_device_by_device_without_a_quiet_reading(
     assert live.model is incoming.model
 
 
+@pytest.mark.slow  # two pipelines over 12 devices x 1,000 readings
 def test_an_episode_open_at_take_over_carries_on_under_its_id() -> None:
     x = fleet(1000, {"dev-2": 640})
     x[680:760, 2, 0] += 8  # the shift of dev-2 lasts past the take-over (about 72 readings after 600)
@@ -89,6 +91,7 @@ def test_an_episode_open_at_take_over_carries_on_under_its_id() -> None:
     assert taken_at is not None and events[0].ts / 60 < taken_at < events[1].ts / 60, taken_at
 
 
+@pytest.mark.slow  # two pipelines over 12 devices x 1,000 readings
 def test_the_deadline_promotes_devices_that_did_not_warm_up_with_the_model_forgotten() -> None:
     x = fleet(700, {})
     live = ScoringPipeline(load())
