@@ -311,3 +311,54 @@ def test_hot_swap_under_a_steady_stream_and_a_broken_artifact_refused(kafka_boot
         if record.value is not None:
             latest[record.key.decode()] = decode_state(record.value).model_version
     assert latest == dict.fromkeys(DEVICES, new_version)
+
+
+def test_a_hot_swap_survives_kill_9_half_way(kafka_bootstrap, unique_topic_name, tmp_path):
+    """Devices that report every minute are taken over first; kill -9 while the others still warm up. The
+    restarted daemon (the directory holds the new model) restores the taken-over devices as written, under
+    the new version, and adapts only the others."""
+    import shutil
+
+    from test_swap import DEVICES, fleet, other_model
+
+    from model.artifact import default_model_dir, save
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model_dir)
+    nudged = other_model()
+    save(nudged.model, tmp_path / "new", nudged.normaliser, {}, {})
+    env = {**topics_env(kafka_bootstrap, unique_topic_name, partitions=2), "RNNWATCH_MODEL": str(model_dir),
+           "RNNWATCH_MODEL_CHECK_INTERVAL_S": "0.5"}
+    fast, slow = DEVICES[:8], DEVICES[8:]  # slow ones report every 10th minute
+    x = fleet(1000, {})
+
+    def messages(a: int, b: int) -> list[tuple[bytes | None, bytes]]:
+        return [(d.encode(), orjson.dumps({"device_id": d, "ts": T0 + 60 * t, "values": x[t, k].tolist()}))
+                for t in range(a, b) for k, d in enumerate(DEVICES) if d in fast or t % 10 == 0]
+
+    log = (tmp_path / "serve.log").open("w")
+    proc, port = start_serve(env, log)
+    try:
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], messages(0, 600))
+        wait_for(lambda: scrape(port).get("rnnwatch_readings_scored_total", 0) >= len(messages(0, 600)), 120,
+                 "the history scored")
+        _write_artifact(model_dir, tmp_path / "new")
+        wait_for(lambda: scrape(port).get('rnnwatch_model_swaps_total{outcome="started"}', 0) == 1, 30,
+                 "the swap started")
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], messages(600, 700))
+        wait_for(lambda: 0 < scrape(port).get("rnnwatch_model_swap_progress_ratio", 1) < 1, 60,
+                 "the fast devices taken over")
+        checkpoints = scrape(port).get("rnnwatch_checkpoints_total", 0)
+        wait_for(lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2, 30,
+                 "a checkpoint after the take-over")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc, port = start_serve(env, log)
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], messages(700, 760))
+        after = len(messages(700, 760))
+        wait_for(lambda: scrape(port).get("rnnwatch_readings_scored_total", 0) >= after, 120,
+                 "the stream after the restart scored")
+        adapted = scrape(port).get("rnnwatch_state_version_mismatch_total", 0)
+    finally:
+        _stop(proc)
+    assert adapted == len(slow), adapted  # the fast devices came back exactly as the new model left them

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -69,7 +69,8 @@ class CheckpointJob:
     tombstones: dict[int, set[str]]  # partition -> evicted devices whose state must go
     offsets: dict[int, int]  # partition -> next offset: committed once the states are acknowledged
     started: float  # perf_counter at begin
-    model_version: str  # what the states were computed with, and the readings topic id their offsets
+    model_version: str | list[str]  # what the states were computed with (one per state while a hot swap
+    # runs), and the readings topic id their offsets
     log_id: bytes  # count in: both as of the snapshot (a restore may change them while it is written)
     paused_s: float = 0.0  # time `begin` held the loop
     written_s: float = 0.0  # from the snapshot until the states were acknowledged
@@ -122,6 +123,8 @@ class Checkpointer:
         self._next_at = clock() + interval_s
         self._pool = SlabPool()  # snapshot buffers, reused from one checkpoint to the next
         self.log_id = NO_LOG_ID  # topic id of the readings topic the offsets count in (set at restore)
+        # while a hot swap runs: the model version of each device (streamer.scoring.swap); None: all the same
+        self.versions: Callable[[Sequence[str]], list[str]] | None = None
 
     # ---- tracking -------------------------------------------------------------------------------------
     def track(self, batch: ReadingBatch, scored: ScoredBatch, offsets: Mapping[int, int]) -> None:
@@ -188,10 +191,11 @@ class Checkpointer:
         mine = np.isin(cols[PARTITION], parts)
         slots = np.flatnonzero(store.live & cols[DIRTY] & mine & ~cols[QUARANTINED])  # (m,)
         tombstones = {p: {d for d in self._tombstones.pop(p, ()) if not self._rewritten(d)} for p in parts}
-        job = CheckpointJob(parts, take_snapshot(store, slots, pool=self._pool), cols[PARTITION][slots],
-                            cols[WRITTEN][slots], tombstones,
+        snapshot = take_snapshot(store, slots, pool=self._pool)
+        version = self.model_version if self.versions is None else self.versions(snapshot.device_ids)
+        job = CheckpointJob(parts, snapshot, cols[PARTITION][slots], cols[WRITTEN][slots], tombstones,
                             {p: self._positions.pop(p) for p in parts if p in self._positions}, started,
-                            self.model_version, self.log_id,
+                            version, self.log_id,
                             feedback_offsets={p: self._feedback_positions.pop(p) for p in parts
                                               if p in self._feedback_positions})
         cols[DIRTY][slots] = False  # changes from now on belong to the next checkpoint

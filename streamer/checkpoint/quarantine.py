@@ -19,6 +19,8 @@ this a last line of defence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from streamer.checkpoint.snapshot import StateSnapshot
 from streamer.checkpoint.state_codec import bookkeeping, encode_snapshot
 
@@ -28,7 +30,7 @@ QUARANTINED = bookkeeping("quarantined")  # store column: never written again wh
 Refused = list[tuple[int, str]]  # (position in the snapshot, why)
 
 
-def encode_checkpointable(snapshot: StateSnapshot, model_version: str, log_id: bytes,
+def encode_checkpointable(snapshot: StateSnapshot, model_version: str | Sequence[str], log_id: bytes,
                           max_bytes: int = STATE_RECORD_MAX_BYTES) -> tuple[list[bytes], Refused]:
     """Encode the snapshot's states: (values, [(position, why) refused]); a refused one's value is b""."""
     refused: Refused = []

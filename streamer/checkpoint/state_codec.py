@@ -102,9 +102,10 @@ def encode_states(store: StateStore, slots: np.ndarray, model_version: str,
     return encode_snapshot(take_snapshot(store, slots, schema), model_version, log_id)
 
 
-def encode_snapshot(snapshot: StateSnapshot, model_version: str, log_id: bytes = NO_LOG_ID,
+def encode_snapshot(snapshot: StateSnapshot, model_version: str | Sequence[str], log_id: bytes = NO_LOG_ID,
                     refuse: Refuse | None = None) -> list[bytes]:
     """One value per device of the snapshot (same order); any thread (the snapshot is a copy).
+    `model_version`: one for every device, or one per device (a hot swap in progress).
 
     Vectorised: per distinct channel count, one structured array holds every payload and one holds
     every header; the only per-device Python work is joining the parts and the crc32. A state the
@@ -114,7 +115,12 @@ def encode_snapshot(snapshot: StateSnapshot, model_version: str, log_id: bytes =
     if len(log_id) != 16:
         raise StateError(f"log id must be 16 bytes (a topic id), got {len(log_id)}")
     out: list[bytes] = [b""] * len(snapshot)
-    version = _text(model_version, "model version")
+    if isinstance(model_version, str):
+        one = _text(model_version, "model version")
+        versions: Sequence[bytes] = [one] * len(snapshot)
+    else:
+        texts = {v: _text(v, "model version") for v in set(model_version)}
+        versions = [texts[v] for v in model_version]
     for c in np.unique(snapshot.n_channels).tolist():
         where = np.flatnonzero(snapshot.n_channels == c)  # (w,)
         payloads = _bytes_of(_pack(snapshot, where, c))  # no copy: a bulk copy would hold the GIL
@@ -124,7 +130,7 @@ def encode_snapshot(snapshot: StateSnapshot, model_version: str, log_id: bytes =
         for j, i in enumerate(where.tolist()):
             try:
                 parts: list[bytes | memoryview] = [heads[j * head:(j + 1) * head], _text(ids[i], "device id"),
-                                                   version]
+                                                   versions[i]]
                 if names[i] is not None:
                     parts.append(_names_block(names[i]))
             except StateError as exc:

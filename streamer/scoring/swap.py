@@ -9,9 +9,10 @@ signals measured on its forecasts warm up. A device whose incoming forecast sign
 `warmup` readings is *taken over*: its sensor part is copied once more from the live state (what was
 published up to now), and from the next batch on its scores, alert state and events are the incoming
 pipeline's. After every batch, the taken-over devices' incoming state is copied into the live store,
-so what is checkpointed is what was published (their rows carry the new model's hidden state under
-the old version until the swap completes; a restart maps them onto whichever model it loads, see
-`model_change`). A device is never without a score: until it is taken over, the live model scores it.
+so what is checkpointed is what was published, and each state is written under the version of the
+model that owns it (`versions`): a crash half way restarts on whichever model the directory holds,
+the devices written under it exactly as they were, the others adapted (`model_change`). A device is
+never without a score: until it is taken over, the live model scores it.
 
 The swap completes (`done`) when every device held is taken over, or after `deadline_s` of wall time
 (devices that sent too little meanwhile, idle ones): `promote` then forgets the old model's part of the
@@ -24,7 +25,7 @@ holds a second copy of the devices' state.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -91,6 +92,11 @@ class SwappingPipeline:
         self._take_over_warm(batch)
         self._publish_state(batch)
         return out
+
+    def versions(self, device_ids: Sequence[str]) -> list[str]:
+        """The model version each device's state is written under: the new one once it is taken over."""
+        old, new = self.live.model_version, self.incoming.model_version
+        return [new if d in self.taken_over else old for d in device_ids]
 
     def promote(self) -> ScoringPipeline:
         """End the swap: the live pipeline scores with the incoming model from now on (see the module doc)."""

@@ -259,6 +259,7 @@ class Daemon:
         incoming = ScoringPipeline(artifact, live.config, live.device)
         self.swap = SwappingPipeline(live, incoming, deadline_s=self.settings.swap_deadline_s)
         self.pipeline = state.pipeline = self.swap
+        state.checkpointer.versions = self.swap.versions  # each state under the model that owns it
         self.metrics.model_swaps.labels(outcome="started").inc()
         self.metrics.model_swap_progress.set(0.0)
         log.info("hot swap from model %s to %s started: the new model warms up on each device, then takes "
@@ -271,6 +272,7 @@ class Daemon:
         live = swap.promote()
         self.pipeline = state.pipeline = live
         self.swap = None
+        state.checkpointer.versions = None
         state.adopt_model(live.model_version)
         self._model_info()
         self.metrics.model_swaps.labels(outcome="completed").inc()
