@@ -119,40 +119,45 @@ def test_false_positive_silence_and_bad_feedback_through_the_daemon(
     assert metrics.alerts_silenced._value.get() == 1
 
 
-def test_a_silence_survives_kill_9(kafka_bootstrap, unique_topic_name, tmp_path):
-    """The silence is applied and checkpointed; kill -9; the restarted daemon still withholds the episode."""
+def test_a_silence_and_a_false_positive_survive_kill_9(kafka_bootstrap, unique_topic_name, tmp_path):
+    """A silence and a false-positive verdict are applied and checkpointed; kill -9; the restarted daemon
+    still withholds the silenced device's episode and still does not fire on the judged pattern."""
     env = {**topics_env(kafka_bootstrap, unique_topic_name, partitions=2), "RNNWATCH_SCORES_TOPIC": ""}
     values = _sine_stream(2000, 13)
     values[1600:1660] += 6
+    shifted = _sine_stream(2400, 11)
+    shifted[1600:1660] += 6
+    shifted[2200:2260] += 6
+    alerts_topic, fb = env["RNNWATCH_ALERTS_TOPIC"], env["RNNWATCH_FEEDBACK_TOPIC"]
     log = (tmp_path / "serve.log").open("w")
     proc, port = start_serve(env, log)
     try:
-        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], readings("dev", values, 0, 1000))
-        feedback(
-            kafka_bootstrap,
-            env["RNNWATCH_FEEDBACK_TOPIC"],
-            "dev",
-            {"silence_until": T0 + 60 * 1900, "reason": "maintenance"},
-        )
-        applied = 'rnnwatch_feedback_total{kind="silence",model_version='
-        wait_for(lambda: _metric(port, applied, 'outcome="applied"') == 1, 60, "the silence applied")
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
+                readings("dev", values, 0, 1000) + readings("fp", shifted, 0, 1605))
+        wait_for(lambda: firing_steps(alerts(kafka_bootstrap, alerts_topic, "fp")) == [1600], 90, "fp fires")
+        opened = alerts(kafka_bootstrap, alerts_topic, "fp")[0]
+        feedback(kafka_bootstrap, fb, "dev", {"silence_until": T0 + 60 * 1900, "reason": "maintenance"})
+        feedback(kafka_bootstrap, fb, "fp", {"alert_id": opened["alert_id"], "verdict": "false_positive"})
+        applied = 'rnnwatch_feedback_total{kind="'
+        for kind in ("silence", "false_positive"):
+            wait_for(lambda kind=kind: _metric(port, applied + kind, 'outcome="applied"') == 1, 60, kind)
         checkpoints = scrape(port).get("rnnwatch_checkpoints_total", 0)
-        wait_for(
-            lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2,
-            30,
-            "a checkpoint after it",
-        )
+        wait_for(lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2, 30,
+                 "a checkpoint after them")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         proc, port = start_serve(env, log)
-        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], readings("dev", values, 1000, 2000))
-        wait_for(
-            lambda: scrape(port).get("rnnwatch_readings_scored_total", 0) >= 1000, 120, "the rest scored"
-        )
-        assert _metric(port, applied, 'outcome="applied"') == 0  # its offset was committed: not read again
+        produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
+                readings("dev", values, 1000, 2000) + readings("fp", shifted, 1605, 2400))
+        rest = 1000 + 2400 - 1605
+        wait_for(lambda: scrape(port).get("rnnwatch_readings_scored_total", 0) >= rest, 120,
+                 "the rest scored")
+        for kind in ("silence", "false_positive"):  # their offsets were committed: not read again
+            assert _metric(port, applied + kind, 'outcome="applied"') == 0, kind
     finally:
         _stop(proc)
-    assert firing_steps(alerts(kafka_bootstrap, env["RNNWATCH_ALERTS_TOPIC"], "dev")) == []
+    assert firing_steps(alerts(kafka_bootstrap, alerts_topic, "dev")) == []
+    assert firing_steps(alerts(kafka_bootstrap, alerts_topic, "fp")) == [1600]  # not again at 2200
 
 
 def _metric(port: int, prefix: str, contains: str) -> float:
