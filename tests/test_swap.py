@@ -128,3 +128,35 @@ def test_copy_state_parts_are_disjoint_and_together_whole() -> None:
         assert torch.equal(tensor[rows_a], b.store.rows[name][rows_b]), name
     for name in ("cal_mean", "cal_var", "alert_state", "steps", "last_ts"):
         assert (a.store.cols[name][sa] == b.store.cols[name][sb]).all(), name
+
+
+def test_feedback_during_a_swap_reaches_the_model_that_owns_the_device() -> None:
+    """A silence set on a device the incoming model took over holds (the copy back to the live store does
+    not undo it), and is announced once when it ends."""
+    from dataclasses import replace as with_
+
+    from streamer.feedback.messages import Silence
+    from streamer.feedback.silencing import apply_silences
+    from streamer.service.daemon import Daemon
+    from streamer.service.settings import Settings
+
+    x = fleet(900, {"dev-3": 720})
+    x[720:800, DEVICES.index("dev-3"), 0] += 8  # outlasts the silence (ends at 760)
+    live = ScoringPipeline(load())
+    for batch in batches(x, 0, 600):
+        live.score(batch)
+    swap = SwappingPipeline(live, ScoringPipeline(other_model()), deadline_s=1e9)
+    for batch in batches(x, 600, 700):
+        swap.score(batch)
+    assert "dev-3" in swap.taken_over
+    daemon = Daemon(with_(Settings(), feedback_topic=None), pipeline=swap)
+    daemon.swap = swap
+    owners = daemon._feedback_owners("dev-3")
+    assert [o.store for o in owners] == [swap.incoming.store, live.store]  # the published state first
+    for owner in owners:
+        owner.apply(Silence("dev-3", 60.0 * 760, "maintenance"))
+    firing = []
+    for batch in batches(x, 700, 900):
+        out = apply_silences(live.store, batch, swap.score(batch), live.config.policy, live.model_version)
+        firing += [round(e.ts / 60) for e in out.events if e.state == "firing" and e.device_id == "dev-3"]
+    assert firing == [760], firing  # withheld at 720, announced once when the silence ended

@@ -71,6 +71,10 @@ class FeedbackReader:
         log.info("feedback partitions %s followed", sorted(wanted), extra={"topic": self.topic})
         self._parts = wanted
 
+    def reset(self) -> None:
+        """Forget the assignment (after a broker error): the next `follow` assigns and seeks again."""
+        self._parts = frozenset()
+
     def poll(self, max_records: int = 500) -> list[Any]:
         """The records fetched so far (does not wait), in partition then offset order."""
         if self._consumer is None or not self._parts:

@@ -9,6 +9,7 @@ alert; changed devices are marked for the next checkpoint, which commits the fee
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from streamer.feedback.reader import FeedbackReader
 from streamer.feedback.silencing import silenced_now
 from streamer.ingest.dead_letter import DeadLetter, DeadLetterReason
 from streamer.scoring.readings import AlertEvent
+from streamer.scoring.state_store import StateStore
 
 if TYPE_CHECKING:
     from streamer.kafka.publisher import Publisher
@@ -28,45 +30,72 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class FeedbackStep:
-    """Reads, applies and accounts for the feedback of the partitions the daemon scores."""
+Owners = Callable[[str], list[FeedbackEffects]]  # a device -> the states to change, the published one first
 
-    def __init__(self, reader: FeedbackReader, effects: FeedbackEffects, metrics: Metrics, *,
+
+class FeedbackStep:
+    """Reads, applies and accounts for the feedback of the partitions the daemon scores.
+
+    `owners(device)` names the state stores a message changes: the live pipeline's, and while a hot swap
+    runs the incoming model's as well, the one whose state is published for that device first (its
+    outcome is counted and its events published). `store` is the durable one: the devices changed are
+    marked in it for the next checkpoint (`track`).
+    """
+
+    def __init__(self, reader: FeedbackReader, store: StateStore, owners: Owners, metrics: Metrics, *,
                  track: Callable[[np.ndarray, Mapping[int, int]], None],
-                 on_events: Callable[[list[AlertEvent]], None] = lambda events: None) -> None:
+                 on_events: Callable[[list[AlertEvent]], None] = lambda events: None,
+                 gauge_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.reader = reader
-        self.effects = effects
+        self.store = store
+        self.owners = owners
         self.metrics = metrics
         self._track = track
         self._on_events = on_events
+        self._gauge_interval_s = gauge_interval_s
+        self._gauge_at = 0.0
+        self._clock = clock
 
     def run(self, publisher: Publisher, partitions: Iterable[int], now: float) -> int:
-        """Follow `partitions`, apply what their feedback brought since the last turn; messages read."""
-        self.reader.follow(partitions)
-        records = self.reader.poll()
-        self.metrics.devices_silenced.set(silenced_now(self.effects.store, now))
+        """Follow `partitions`, apply what their feedback brought since the last turn; messages read. A
+        broker error is logged and the same records are read again at a later turn (nothing was applied)."""
+        if self._clock() >= self._gauge_at:
+            self._gauge_at = self._clock() + self._gauge_interval_s
+            self.metrics.devices_silenced.set(silenced_now(self.store, now))
+        try:
+            self.reader.follow(partitions)
+            records = self.reader.poll()
+        except Exception as exc:  # kafka-python errors and timeouts: the broker is unwell, scoring goes on
+            log.warning("reading the feedback topic %s failed (%s: %s); trying again at the next turn",
+                        self.reader.topic, type(exc).__name__, exc)
+            self.reader.reset()
+            return 0
         if not records:
             return 0
         changed, offsets, dead = self._apply(publisher, records)
         publisher.publish_dead_letters(dead)
         for letter in dead:
             self.metrics.dead_letters.labels(reason=letter.reason.value).inc()
-        self._track(np.array(sorted(changed), dtype=np.int64), offsets)
+        slots = self.store.lookup(sorted(changed))
+        self._track(slots[slots >= 0], offsets)
         return len(records)
 
     def _apply(self, publisher: Publisher, records: list[Any]
-               ) -> tuple[set[int], dict[int, int], list[DeadLetter]]:
-        changed: set[int] = set()
+               ) -> tuple[set[str], dict[int, int], list[DeadLetter]]:
+        changed: set[str] = set()
         offsets: dict[int, int] = {}
         dead: list[DeadLetter] = []
-        version = self.effects.model_version
         for rec in records:
             offsets[rec.partition] = rec.offset + 1
             feedback = decode_feedback(rec)
             if isinstance(feedback, DeadLetter):
                 dead.append(feedback)
                 continue
-            applied = self.effects.apply(feedback)
+            owner, *others = self.owners(feedback.device_id)
+            applied = owner.apply(feedback)
+            for other in others:  # the same effect on the state not published now (a swap's other model)
+                other.apply(feedback)
+            version = owner.model_version
             if applied.outcome == UNKNOWN_DEVICE:  # kept where an operator can fix and replay it
                 dead.append(DeadLetter(DeadLetterReason.UNKNOWN_DEVICE, f"{applied.kind} for device "
                                        f"{feedback.device_id[:64]!r}, which the owner of partition "
@@ -77,7 +106,7 @@ class FeedbackStep:
             log.info("feedback %s for device %r: %s", applied.kind, feedback.device_id[:64], applied.outcome,
                      extra={"event": "feedback", "kind": applied.kind, "outcome": applied.outcome})
             if applied.changed is not None:
-                changed.add(applied.changed)
+                changed.add(feedback.device_id)
             if applied.events:
                 publisher.publish_alerts(applied.events)
                 self._on_events(applied.events)

@@ -86,6 +86,7 @@ class SwappingPipeline:
     def score(self, batch: ReadingBatch) -> ScoredBatch:
         self._forget_evicted()
         self._carry_new_devices(batch)
+        self._carry_silences(batch)
         live = self.live.score(batch)
         incoming = self.incoming.score(batch)
         out = self._compose(batch, live, incoming)
@@ -121,6 +122,14 @@ class SwappingPipeline:
         dst, _ = incoming.slots_for(ids, counts, [live.channel_names(int(s)) for s in src.tolist()])
         copy_state(live, src, incoming, dst)
         forget_the_model(incoming, dst)
+
+    def _carry_silences(self, batch: ReadingBatch) -> None:
+        """A silence that ended after the last batch was cleared in the live store (`feedback.silencing`,
+        after scoring): the incoming state of a taken-over device must not bring it back."""
+        ids = [d for d in dict.fromkeys(batch.device_ids) if d in self.taken_over and d in self.live.store]
+        if ids:
+            self.incoming.store.cols["silence_until"][self.incoming.store.lookup(ids)] = \
+                self.live.store.cols["silence_until"][self.live.store.lookup(ids)]
 
     def _compose(self, batch: ReadingBatch, live: ScoredBatch, incoming: ScoredBatch) -> ScoredBatch:
         """Each reading's answer from the model that owns its device now (taken over before this batch)."""

@@ -77,6 +77,13 @@ MIN_POLL_RECORDS = 500  # the adaptive poll size's floor (caught up)
 READY_STALE_S = 15.0  # not ready while the loop is stuck this long (liveness waits for stale_after_s)
 
 
+def _effects(pipeline: ScoringPipeline, counted_as: str | None = None) -> FeedbackEffects:
+    """Feedback on `pipeline`'s store; counted under `counted_as` (the version in service) or its own."""
+    config = pipeline.config
+    return FeedbackEffects(pipeline.store, counted_as or pipeline.model_version,
+                           calibration=config.calibration, policy=config.policy)
+
+
 class Daemon:
     """One `rnnwatch serve` process: a consumer-group member scoring the readings topic."""
 
@@ -287,12 +294,21 @@ class Daemon:
         if not s.feedback_topic or state is None:
             return None
         ensure_copartitioned(s, s.feedback_topic, "feedback")
-        config = pipeline.config
-        effects = FeedbackEffects(pipeline.store, pipeline.model_version, calibration=config.calibration,
-                                  policy=config.policy)
         reader = FeedbackReader(lambda: make_feedback_consumer(s), s.feedback_topic)
-        return FeedbackStep(reader, effects, self.metrics, track=state.checkpointer.track_feedback,
-                            on_events=self.accounting.alert_events)
+        return FeedbackStep(reader, pipeline.store, self._feedback_owners, self.metrics,
+                            track=state.checkpointer.track_feedback, on_events=self.accounting.alert_events)
+
+    def _feedback_owners(self, device_id: str) -> list[FeedbackEffects]:
+        """The states a feedback message changes, the published one first (see `FeedbackStep`)."""
+        swap = self.swap
+        live = swap.live if swap is not None else self.pipeline
+        if not isinstance(live, ScoringPipeline):  # a shadowed pipeline: the live model's state
+            live = self.pipeline.live  # type: ignore[attr-defined]
+        mine = [_effects(live)]
+        if swap is not None:
+            theirs = _effects(swap.incoming, live.model_version)
+            mine = [theirs, *mine] if device_id in swap.taken_over else [*mine, theirs]
+        return mine
 
     def _commit_feedback(self, offsets: Mapping[int, int]) -> None:
         """Commit {partition: next offset} of the feedback topic, in the readings group (a checkpoint's)."""
