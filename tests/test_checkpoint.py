@@ -452,3 +452,36 @@ def test_a_partition_that_goes_back_in_offsets_forgets_its_device_offsets():
     feed(state, [("d", 1.0 + i, [1.0, 2.0], 0, 100 + i) for i in range(5)])
     status = feed(state, [("d", 10.0 + i, [1.0, 2.0], 0, i) for i in range(3)])  # the log was recreated
     assert (status == DropReason.SCORED).all()
+
+
+# ---- a state record of an earlier release --------------------------------------------------------------
+def test_a_state_record_of_the_previous_release_is_upgraded_not_reset():
+    """tests/data/state_record_883a5ee.hex was written by commit 883a5ee (before silences, the episode peak,
+    whole-second last_seen and 16-bit M-of-N hits): restored today, it keeps its calibration and alert
+    state instead of starting afresh."""
+    import json
+    from pathlib import Path
+
+    from streamer.checkpoint.migrate import Upgrader
+    from streamer.checkpoint.state_codec import decode_state, install_states
+    from streamer.checkpoint.state_schema import StateSchema
+
+    data = Path(__file__).parent / "data"
+    record = decode_state(bytes.fromhex((data / "state_record_883a5ee.hex").read_text().strip()))
+    expect = json.loads((data / "state_record_883a5ee.json").read_text())
+    pipe = build_pipeline(None, "cpu")
+    schema = StateSchema.of(pipe.store)
+    assert not record.payload_known(schema), "the old layout differs from today's"
+    upgrader = Upgrader(pipe.store, schema)
+    (upgraded,) = upgrader.upgrade([record])
+    slots, known = install_states(pipe.store, [upgraded], schema)
+    assert known.all() and upgrader.upgraded == 1
+    cols, slot = pipe.store.cols, int(slots[0])
+    assert np.allclose(cols["cal_mean"][slot], expect["cal_mean"]) and np.allclose(cols["cal_var"][slot],
+                                                                                   expect["cal_var"])
+    assert cols["alert_state"][slot] == expect["alert_state"] == 1  # an open episode carries on
+    assert cols["alert_started_at"][slot] == expect["alert_started_at"]
+    assert cols["alert_hits"][slot] == expect["alert_hits"] and cols["steps"][slot] == expect["steps"]
+    assert cols["last_seen"][slot] == int(expect["last_seen"]) and cols["silence_until"][slot] == 0
+    assert float(cols["alert_peak"][slot]) == pytest.approx(expect["alert_hold"])  # from the held alarm
+    assert record.model_version == expect["version"] == pipe.model_version  # the same model: nothing re-warms

@@ -14,11 +14,11 @@ describes the sensor and its normal and forgets what the old model produced (`sc
 its hidden state, forecast and forecast-error statistics, and the calibration of the two signals
 measured on the forecast error, which warm up again; the normaliser, the other signals' calibration,
 the alert state (an open episode carries on under the same alert id), the held normal and a silence
-stay, so the device scores and alerts from its first reading on the new model. A record written under
-another state schema (its payload layout differs) keeps only its header (channels, last event time,
-last applied offset) and starts as a new device: its first `warmup` readings score 0. Both are counted
-in `rnnwatch_state_version_mismatch_total`, and the adapted state is written at the next checkpoint
-so that the next restore does not repeat it.
+stay, so the device scores and alerts from its first reading on the new model. A record in the layout
+of an earlier release is converted field by field first (`migrate.py`); one of an unknown layout keeps
+only its header (channels, last event time, last applied offset) and starts as a new device: its first
+`warmup` readings score 0. Both are counted in `rnnwatch_state_version_mismatch_total`, and the adapted
+state is written at the next checkpoint so that the next restore does not repeat it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamer.checkpoint.changelog import StateTopicReader
+from streamer.checkpoint.migrate import Upgrader
 from streamer.checkpoint.state_codec import (
     NO_LOG_ID,
     StateRecord,
@@ -109,6 +110,7 @@ class Restorer:
         self._progress(1, 1)
         self.last = {"partitions": len(parts), "records": records, "devices": run.installed,
                      "mismatched": run.mismatched, "invalid": run.invalid, "relogged": run.relogged,
+                     "upgraded": run.upgrader.upgraded,
                      "seconds": elapsed}
         if run.relogged:
             log.warning("%d restored states count offsets in another incarnation of the readings topic "
@@ -138,6 +140,7 @@ class _Run:
     def __init__(self, store: StateStore, schema: StateSchema, model_version: str,
                  on_installed: Installed, log_id: bytes = NO_LOG_ID) -> None:
         self.store, self.schema, self.model_version = store, schema, model_version
+        self.upgrader = Upgrader(store, schema)
         self._on_installed = on_installed
         self.log_id = log_id
         self.installed = self.invalid = self.relogged = 0
@@ -164,6 +167,7 @@ class _Run:
             per_device = sum(rec.n_channels for rec in states) / len(states)
             store.reserve(len(store) + self.expected, int(store.row_capacity + self.expected * per_device))
             self._reserved = True
+        states = self.upgrader.upgrade(states)  # an earlier release's layout: read by field name
         slots, known = install_states(store, states, self.schema)
         versions = np.array([rec.model_version == self.model_version for rec in states])
         stale = ~known | ~versions
