@@ -25,9 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-import orjson
-
-from streamer.ingest.codec import parse_timestamp
+from streamer.ingest.codec import Reject, json_object, parse_timestamp
 from streamer.ingest.dead_letter import DeadLetter, DeadLetterReason, KafkaRecord
 
 R = DeadLetterReason
@@ -63,56 +61,37 @@ class Silence:
 Feedback = Verdict | Silence
 
 
-class _Bad(Exception):
-    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
-        self.reason, self.detail = reason, detail
-
-
 def decode_feedback(record: KafkaRecord) -> Feedback | DeadLetter:
     """One feedback record -> a `Verdict`, a `Silence`, or the `DeadLetter` that says what is wrong."""
     try:
         return _decode(record)
-    except _Bad as bad:
+    except Reject as bad:
         return DeadLetter(bad.reason, bad.detail, record)
 
 
 def _decode(record: KafkaRecord) -> Feedback:
-    obj = _object(record.value)
+    obj = json_object(record.value, MAX_FEEDBACK_BYTES)
     device_id = _text(obj, "device_id")
     if record.key is not None and record.key != device_id.encode():
-        raise _Bad(R.KEY_MISMATCH, f"key {record.key[:64]!r} != device_id {device_id[:64]!r}")
+        raise Reject(R.KEY_MISMATCH, f"key {record.key[:64]!r} != device_id {device_id[:64]!r}")
     if "silence_until" in obj:
         return _silence(obj, device_id)
     if "verdict" not in obj or "alert_id" not in obj:
-        raise _Bad(R.MISSING_FIELD, "feedback needs alert_id and verdict, or silence_until")
+        raise Reject(R.MISSING_FIELD, "feedback needs alert_id and verdict, or silence_until")
     verdict = _text(obj, "verdict")
     if verdict not in VERDICTS:
-        raise _Bad(R.WRONG_TYPE, f"verdict {verdict[:64]!r} is not one of {', '.join(VERDICTS)}")
+        raise Reject(R.WRONG_TYPE, f"verdict {verdict[:64]!r} is not one of {', '.join(VERDICTS)}")
     return Verdict(device_id, _text(obj, "alert_id"), verdict)  # type: ignore[arg-type]
-
-
-def _object(value: bytes | None) -> dict[str, Any]:
-    if value is None:
-        raise _Bad(R.NOT_JSON, "record has no value (tombstone)")
-    if len(value) > MAX_FEEDBACK_BYTES:
-        raise _Bad(R.OVERSIZED, f"{len(value)} bytes > max {MAX_FEEDBACK_BYTES} for a feedback message")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise _Bad(R.NOT_JSON, str(exc)) from None
-    if type(obj) is not dict:
-        raise _Bad(R.NOT_OBJECT, "feedback message is not a JSON object")
-    return obj
 
 
 def _text(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
     if value is None or value == "":
-        raise _Bad(R.MISSING_FIELD, f"{name} is missing, null or empty")
+        raise Reject(R.MISSING_FIELD, f"{name} is missing, null or empty")
     if type(value) is not str:
-        raise _Bad(R.WRONG_TYPE, f"{name} must be a string")
+        raise Reject(R.WRONG_TYPE, f"{name} must be a string")
     if len(value.encode()) > MAX_ID_BYTES:
-        raise _Bad(R.DEVICE_ID_TOO_LONG if name == "device_id" else R.WRONG_TYPE,
+        raise Reject(R.DEVICE_ID_TOO_LONG if name == "device_id" else R.WRONG_TYPE,
                    f"{name} is longer than {MAX_ID_BYTES} bytes")
     return value
 
@@ -120,11 +99,11 @@ def _text(obj: dict[str, Any], name: str) -> str:
 def _silence(obj: dict[str, Any], device_id: str) -> Silence:
     raw, reason = obj["silence_until"], obj.get("reason", "")
     if type(reason) is not str:
-        raise _Bad(R.WRONG_TYPE, "reason must be a string")
+        raise Reject(R.WRONG_TYPE, "reason must be a string")
     if raw is None:
         return Silence(device_id, math.nan, reason[:MAX_REASON_CHARS])
     until = parse_timestamp(raw) if type(raw) is not bool else math.nan
     if not math.isfinite(until) or not 0 < until < 2**32:
-        raise _Bad(R.BAD_TIMESTAMP, f"silence_until {str(raw)[:64]!r} is neither epoch seconds nor RFC 3339 "
-                                    "within 1970-2106 (null lifts the silence)")
+        raise Reject(R.BAD_TIMESTAMP, f"silence_until {str(raw)[:64]!r} is neither epoch seconds nor RFC "
+                                      "3339 within 1970-2106 (null lifts the silence)")
     return Silence(device_id, until, reason[:MAX_REASON_CHARS])

@@ -99,8 +99,9 @@ class Decoded:
     messages: int  # records looked at (= accepted messages + len(dead_letters))
 
 
-class _Reject(Exception):
-    """Control flow inside the decoder: the current message is dead-lettered. Never escapes it."""
+class Reject(Exception):
+    """Control flow inside a decoder: the current message is dead-lettered (reason, detail). Never escapes
+    the decoder that raises it."""
 
     def __init__(self, reason: DeadLetterReason, detail: str) -> None:
         self.reason = reason
@@ -134,9 +135,9 @@ class ReadingDecoder:
                     continue
                 values = obj.get("values")
                 if values is None or "ts" not in obj:
-                    raise _Reject(R.MISSING_FIELD, "message needs ts and values (or readings)")
+                    raise Reject(R.MISSING_FIELD, "message needs ts and values (or readings)")
                 names, ordered = channels(values, "")
-            except _Reject as rej:
+            except Reject as rej:
                 dead.append(DeadLetter(rej.reason, rej.detail, rec))
                 continue
             except Exception as exc:  # a decoder bug must not stop the stream: keep the record
@@ -155,47 +156,37 @@ class ReadingDecoder:
 
     def _envelope(self, rec: KafkaRecord) -> tuple[dict[str, Any], str]:
         """The message's JSON object and its device id, checked against the record key."""
-        value = rec.value
-        if value is None:
-            raise _Reject(R.NOT_JSON, "record has no value (tombstone)")
-        if len(value) > self.limits.max_message_bytes:
-            raise _Reject(R.OVERSIZED, f"{len(value)} bytes > max {self.limits.max_message_bytes}")
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise _Reject(R.NOT_JSON, str(exc)) from None
-        if type(obj) is not dict:
-            raise _Reject(R.NOT_OBJECT, f"message is a JSON {_json_type(obj)}, not an object")
+        obj = json_object(rec.value, self.limits.max_message_bytes)
         device_id = obj.get("device_id")
         if type(device_id) is not str or not device_id:
             raise _missing_or_wrong("device_id", device_id, "a non-empty string")
         raw_id = device_id.encode()
         if len(raw_id) > self.limits.max_device_id_bytes:
-            raise _Reject(R.DEVICE_ID_TOO_LONG, f"device_id {device_id[:64]!r}... of {len(raw_id)} bytes > "
+            raise Reject(R.DEVICE_ID_TOO_LONG, f"device_id {device_id[:64]!r}... of {len(raw_id)} bytes > "
                           f"max {self.limits.max_device_id_bytes} (--max-device-id-bytes)")
         key = rec.key
         if key is not None and key != raw_id:
-            raise _Reject(R.KEY_MISMATCH, f"key {key[:64]!r} != device_id {device_id[:64]!r}")
+            raise Reject(R.KEY_MISMATCH, f"key {key[:64]!r} != device_id {device_id[:64]!r}")
         return obj, device_id
 
     def _parse_batch(self, rec: KafkaRecord, obj: dict[str, Any], device_id: str, rows: _Rows) -> None:
         if "values" in obj:
-            raise _Reject(R.WRONG_TYPE, "message has both values and readings")
+            raise Reject(R.WRONG_TYPE, "message has both values and readings")
         readings = obj["readings"]
         if type(readings) is not list:
             raise _missing_or_wrong("readings", readings, "a list")
         if not readings:
-            raise _Reject(R.EMPTY_VALUES, "readings is empty")
+            raise Reject(R.EMPTY_VALUES, "readings is empty")
         limit = self.limits.max_readings_per_message
         if len(readings) > limit:
-            raise _Reject(R.TOO_MANY_READINGS, f"{len(readings)} readings > max {limit}")
+            raise Reject(R.TOO_MANY_READINGS, f"{len(readings)} readings > max {limit}")
         parsed = []
         for i, reading in enumerate(readings):
             if type(reading) is not dict:
-                raise _Reject(R.NOT_OBJECT, f"readings[{i}] is a JSON {_json_type(reading)}, not an object")
+                raise Reject(R.NOT_OBJECT, f"readings[{i}] is a JSON {_json_type(reading)}, not an object")
             values = reading.get("values")
             if "ts" not in reading or values is None:
-                raise _Reject(R.MISSING_FIELD, f"readings[{i}] needs ts and values")
+                raise Reject(R.MISSING_FIELD, f"readings[{i}] needs ts and values")
             parsed.append((reading["ts"], *self._channels(values, f"readings[{i}].")))
         m = len(rows.records)
         for i, (ts, names, ordered) in enumerate(parsed):  # all valid so far: add them all at once
@@ -217,17 +208,17 @@ class ReadingDecoder:
             names, in_order, longest = cached
             if longest > self.limits.max_channel_name_bytes:
                 limit = self.limits.max_channel_name_bytes
-                raise _Reject(R.CHANNEL_NAME_TOO_LONG, f"{where}values has a channel name of {longest} "
+                raise Reject(R.CHANNEL_NAME_TOO_LONG, f"{where}values has a channel name of {longest} "
                               f"bytes > max {limit} (--max-channel-name-bytes)")
             ordered = list(values.values()) if in_order else [values[k] for k in names]
         else:
-            raise _Reject(R.WRONG_TYPE, f"{where}values is a JSON {_json_type(values)}, not object/list")
+            raise Reject(R.WRONG_TYPE, f"{where}values is a JSON {_json_type(values)}, not object/list")
         n = len(ordered)
         if n == 0:
-            raise _Reject(R.EMPTY_VALUES, f"{where}values is empty")
+            raise Reject(R.EMPTY_VALUES, f"{where}values is empty")
         if n > self.limits.max_channels:
             limit = self.limits.max_channels
-            raise _Reject(R.TOO_MANY_CHANNELS, f"{where}values has {n} channels > max {limit}")
+            raise Reject(R.TOO_MANY_CHANNELS, f"{where}values has {n} channels > max {limit}")
         return names, ordered
 
     def _remember(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], bool, int]:
@@ -359,6 +350,22 @@ def _pack(flat: np.ndarray, widths: np.ndarray) -> np.ndarray:
 
 
 
+def json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
+    """The JSON object a record's value holds; `Reject` when it holds none (a tombstone, too many bytes,
+    not JSON, another JSON type)."""
+    if value is None:
+        raise Reject(R.NOT_JSON, "record has no value (tombstone)")
+    if len(value) > max_bytes:
+        raise Reject(R.OVERSIZED, f"{len(value)} bytes > max {max_bytes}")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Reject(R.NOT_JSON, str(exc)) from None
+    if type(obj) is not dict:
+        raise Reject(R.NOT_OBJECT, f"message is a JSON {_json_type(obj)}, not an object")
+    return obj
+
+
 def parse_timestamp(t: Any) -> float:
     """Epoch seconds from a number or an RFC 3339 string, as reading messages carry them; NaN when it is
     neither.
@@ -386,12 +393,12 @@ def _parse_ts(t: Any) -> float:
         return math.nan
 
 
-def _missing_or_wrong(name: str, value: Any, expected: str) -> _Reject:
+def _missing_or_wrong(name: str, value: Any, expected: str) -> Reject:
     if value is None:
-        return _Reject(R.MISSING_FIELD, f"{name} is missing or null")
+        return Reject(R.MISSING_FIELD, f"{name} is missing or null")
     if value == "":
-        return _Reject(R.MISSING_FIELD, f"{name} is empty")
-    return _Reject(R.WRONG_TYPE, f"{name} is a JSON {_json_type(value)}, expected {expected}")
+        return Reject(R.MISSING_FIELD, f"{name} is empty")
+    return Reject(R.WRONG_TYPE, f"{name} is a JSON {_json_type(value)}, expected {expected}")
 
 
 def _json_type(value: Any) -> str:

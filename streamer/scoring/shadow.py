@@ -16,12 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-
-from model.forecaster import Forecaster
-from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
+from streamer.scoring.pipeline import ScoringPipeline
 from streamer.scoring.readings import DropReason, ReadingBatch, ScoredBatch
-from streamer.scoring.state_store import StateStore
+from streamer.scoring.wrapped import WrapsLive
 
 
 @dataclass
@@ -46,34 +43,13 @@ class ShadowTally:
         self.shadow_episodes += sum(e.state == "firing" for e in shadow.events)
 
 
-class ShadowedPipeline:
+class ShadowedPipeline(WrapsLive):
     """The live pipeline, with a shadow pipeline scoring the same batches beside it."""
 
     def __init__(self, live: ScoringPipeline, shadow: ScoringPipeline) -> None:
         self.live = live
         self.shadow = shadow
         self.tally = ShadowTally()
-
-    # ---- the Scorer contract: the live pipeline's ------------------------------------------------
-    @property
-    def store(self) -> StateStore:
-        return self.live.store
-
-    @property
-    def model(self) -> Forecaster:
-        return self.live.model
-
-    @property
-    def model_version(self) -> str:
-        return self.live.model_version
-
-    @property
-    def device(self) -> torch.device:
-        return self.live.device
-
-    @property
-    def config(self) -> PipelineConfig:
-        return self.live.config
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
         """The live answer for `batch`, with the shadow's alert events in `shadow_events`."""

@@ -29,17 +29,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
-import torch
 
-from model.forecaster import Forecaster
 from streamer.scoring.model_change import copy_state, forget_the_model
-from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
+from streamer.scoring.pipeline import ScoringPipeline
 from streamer.scoring.readings import ReadingBatch, ScoredBatch
 from streamer.scoring.signals import Signal
-from streamer.scoring.state_store import StateStore
+from streamer.scoring.wrapped import WrapsLive
 
 
-class SwappingPipeline:
+class SwappingPipeline(WrapsLive):
     """The live pipeline while `incoming` warms up and takes over its devices one by one."""
 
     def __init__(self, live: ScoringPipeline, incoming: ScoringPipeline, *, deadline_s: float,
@@ -51,27 +49,6 @@ class SwappingPipeline:
         self._clock = clock
         cal = incoming.config.calibration
         self._warm_count = cal.skip + cal.warmup  # forecast errors the incoming calibration needs
-
-    # ---- the Scorer contract: the live pipeline's (its store is the durable one) ----------------------
-    @property
-    def store(self) -> StateStore:
-        return self.live.store
-
-    @property
-    def model(self) -> Forecaster:
-        return self.live.model
-
-    @property
-    def model_version(self) -> str:
-        return self.live.model_version
-
-    @property
-    def device(self) -> torch.device:
-        return self.live.device
-
-    @property
-    def config(self) -> PipelineConfig:
-        return self.live.config
 
     @property
     def progress(self) -> float:
