@@ -141,12 +141,7 @@ def test_a_silence_and_a_false_positive_survive_kill_9(kafka_bootstrap, unique_t
         applied = 'rnnwatch_feedback_total{kind="'
         for kind in ("silence", "false_positive"):
             wait_for(lambda kind=kind: _metric(port, applied + kind, 'outcome="applied"') == 1, 60, kind)
-        checkpoints = scrape(port).get("rnnwatch_checkpoints_total", 0)
-        wait_for(lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2, 30,
-                 "a checkpoint after them")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        proc, port = start_serve(env, log)
+        proc, port = _checkpoint_then_kill_9_and_restart(proc, port, env, log)
         produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"],
                 readings("dev", values, 1000, 2000) + readings("fp", shifted, 1605, 2400))
         rest = 1000 + 2400 - 1605
@@ -158,6 +153,17 @@ def test_a_silence_and_a_false_positive_survive_kill_9(kafka_bootstrap, unique_t
         _stop(proc)
     assert firing_steps(alerts(kafka_bootstrap, alerts_topic, "dev")) == []
     assert firing_steps(alerts(kafka_bootstrap, alerts_topic, "fp")) == [1600]  # not again at 2200
+
+
+def _checkpoint_then_kill_9_and_restart(proc: subprocess.Popen, port: int, env: dict[str, str], log: Any
+                                        ) -> tuple[subprocess.Popen, int]:
+    """Wait for two more checkpoints (one begun after what the test did), kill -9, start anew."""
+    checkpoints = scrape(port).get("rnnwatch_checkpoints_total", 0)
+    wait_for(lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2, 30,
+             "a checkpoint after it")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    return start_serve(env, log)
 
 
 def _metric(port: int, prefix: str, contains: str) -> float:
@@ -353,12 +359,7 @@ def test_a_hot_swap_survives_kill_9_half_way(kafka_bootstrap, unique_topic_name,
         produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], messages(600, 700))
         wait_for(lambda: 0 < scrape(port).get("rnnwatch_model_swap_progress_ratio", 1) < 1, 60,
                  "the fast devices taken over")
-        checkpoints = scrape(port).get("rnnwatch_checkpoints_total", 0)
-        wait_for(lambda: scrape(port).get("rnnwatch_checkpoints_total", 0) >= checkpoints + 2, 30,
-                 "a checkpoint after the take-over")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        proc, port = start_serve(env, log)
+        proc, port = _checkpoint_then_kill_9_and_restart(proc, port, env, log)
         produce(kafka_bootstrap, env["RNNWATCH_READINGS_TOPIC"], messages(700, 760))
         after = len(messages(700, 760))
         wait_for(lambda: scrape(port).get("rnnwatch_readings_scored_total", 0) >= after, 120,
