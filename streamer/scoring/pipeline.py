@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,7 +34,6 @@ from model.normaliser import (
     normalise_and_update,
     row_std,
 )
-from streamer.errors import ConfigError
 from streamer.scoring import relation
 from streamer.scoring.alert_events import WaveReadings, wave_events
 from streamer.scoring.alert_policy import AlertPolicy, AlertPolicyConfig, Transitions
@@ -45,12 +45,14 @@ from streamer.scoring.evidence import (
     repeat_runs,
     standardise_and_update,
 )
+from streamer.scoring.kernel.scorer import kernel_for
 from streamer.scoring.held_normal import held_evidence, held_statistics, held_z, hold_rows
 from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import COLUMN_OF, PER_CHANNEL, SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
 
+ScoringPath = Literal["kernel", "torch"]
 # event time the device's normal began learning: float32 epoch seconds (128 s steps) serve a one-day maturity
 _COLUMNS = (Column("learn_since", np.float32, fill=np.nan),)
 
@@ -65,17 +67,8 @@ class PipelineConfig:
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
     range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch device, with an actionable error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
-    return torch.device(name)
+    path: ScoringPath = "kernel"  # on the CPU: the compiled kernel ("kernel") or the torch waves ("torch")
+    kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 
 @dataclass
@@ -140,16 +133,31 @@ class ScoringPipeline:
         )
         self.clock = EventClock(self.store, self.config.rebase_after)
         self.shapes = ShapeTracker(self.store, self.config.reshape_after)
+        self.kernel = kernel_for(self) if self.config.path == "kernel" and self.device.type == "cpu" else None
+        self.kernel_fallbacks = 0  # batches the kernel left to the waves (see `streamer.scoring.kernel`)
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
+        """Score a batch in order, device by device; one compiled pass where the kernel serves it."""
+        slots, status = self._validate(batch)
+        valid = np.flatnonzero(status == DropReason.SCORED)
+        waves = _wave_ranks(slots[valid])
+        n_waves = int(waves.max()) + 1 if len(valid) else 0
+        if self.kernel is not None:
+            if not self.shapes.due:
+                scored = self.kernel.score(batch, slots, status, n_waves, waves)
+                if scored is not None:
+                    return scored
+            self.kernel_fallbacks += 1
+        return self._score_waves(batch, slots, status, valid, waves)
+
+    def _score_waves(self, batch: ReadingBatch, slots: np.ndarray, status: np.ndarray, valid: np.ndarray,
+                     waves: np.ndarray) -> ScoredBatch:
+        """The torch path: wave k steps the k-th valid reading of every device in one batched step."""
         n = len(batch)
         scores = np.full(n, np.nan, dtype=np.float32)
         alerting = np.zeros(n, dtype=bool)
         top = np.full(n, -1, dtype=np.int16)
-        slots, status = self._validate(batch)
         events: list[AlertEvent] = []
-        valid = np.flatnonzero(status == DropReason.SCORED)
-        waves = _wave_ranks(slots[valid])
         n_waves = int(waves.max()) + 1 if len(valid) else 0
         rebased, reshaped = self.clock.rebased, 0
         with torch.inference_mode():
