@@ -67,7 +67,7 @@ class PipelineConfig:
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
     range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
-    path: ScoringPath = "torch"  # on the CPU: the compiled kernel ("kernel") or the torch waves ("torch")
+    path: ScoringPath = "kernel"  # on the CPU: the compiled kernel ("kernel") or the torch waves ("torch")
     kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 
