@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from streamer.scoring.kernel.half import to_bits, to_float
+from streamer.scoring.kernel.half import f32_to_bits, to_float
 from streamer.scoring.kernel.jit import jit
 from streamer.scoring.kernel.slab import Weights
 
@@ -37,12 +37,16 @@ def gates(zin: np.float32, flag: np.float32, h: np.ndarray, wt: Weights, g: np.n
     """Input and hidden projections of every gate row: g[:G] = W_ih x + b_ih, g[G:] = W_hh h + b_hh,
     each float32 (stored in the float64 scratch g (2G,)); h (H or more,) the previous hidden state."""
     n_gates, hidden = wt.w_hh.shape
+    acc = g[n_gates:]
+    acc[:] = 0.0
+    for k in range(hidden):  # along the gates, so the compiler vectorises (each gate's sum keeps its order)
+        hk = h[k]
+        row = wt.w_hh_t[k]
+        for j in range(n_gates):
+            acc[j] += row[j] * hk
     for j in range(n_gates):
         g[j] = f32(float(wt.w_ih[j, 0]) * zin + float(wt.w_ih[j, 1]) * flag + wt.b_ih[j])
-        acc = 0.0
-        for k in range(hidden):
-            acc += float(wt.w_hh[j, k]) * h[k]
-        g[n_gates + j] = f32(acc + wt.b_hh[j])
+        acc[j] = f32(acc[j] + wt.b_hh[j])
 
 
 @jit
@@ -89,4 +93,4 @@ def step_row(r: int, zin: np.float32, flag: np.float32, hidden_bits: np.ndarray,
         acc += float(wt.head_w[k]) * h[k]
     pred[r] = f32(acc + wt.head_b[0])
     for k in range(size):
-        hidden_bits[r, k] = to_bits(h[k])
+        hidden_bits[r, k] = f32_to_bits(f32(h[k]))

@@ -46,8 +46,9 @@ if all(hasattr(caching, name) for name in (*_LOCATORS, "CacheImpl")):
 
 
 def jit(fn: F) -> F:
-    """Compile `fn` in nopython mode (inlined into its callers' machine code by LLVM)."""
-    return _compile(fn, parallel=False)
+    """Compile `fn` in nopython mode, inlined into its compiled callers (a call that passes the `Slab`
+    would otherwise count references of its three dozen arrays at every row)."""
+    return _compile(fn, parallel=False, inline="always")
 
 
 def jit_parallel(fn: F) -> F:
@@ -55,11 +56,12 @@ def jit_parallel(fn: F) -> F:
     return _compile(fn, parallel=True)
 
 
-def _compile(fn: F, parallel: bool) -> F:
+def _compile(fn: F, parallel: bool, inline: str = "never") -> F:
+    options = {"parallel": parallel, "nogil": True, "error_model": "numpy", "inline": inline}
     try:
-        return numba.njit(cache=True, parallel=parallel, nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+        return numba.njit(cache=True, **options)(fn)  # type: ignore[no-any-return]
     except RuntimeError:  # "cannot cache function ...: no locator available": nothing writable
-        return numba.njit(cache=False, parallel=parallel, nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+        return numba.njit(cache=False, **options)(fn)  # type: ignore[no-any-return]
 
 
 def set_threads(count: int | None) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from model.normaliser import Z_CLIP
 from streamer.scoring.evidence import REPEAT_GRACE, SCALE_FLOOR, SCALE_PROTECT
 from streamer.scoring.kernel.cell import step_row
-from streamer.scoring.kernel.half import TINY_BITS, to_bits, to_float
+from streamer.scoring.kernel.half import TINY_BITS, f32_to_bits, to_float
 from streamer.scoring.kernel.jit import jit
 from streamer.scoring.kernel.slab import Params, Slab, Weights
 
@@ -84,8 +84,8 @@ def range_excess(r: int, z: np.float32, seen: bool, s: Slab, p: Params, w: np.nd
     excess = f32(max(max(f32(z - hi), f32(lo - z)), f32(0.0)) / width)
     new_lo = f32(f32((min(lo, z) if seen else lo) * a) + b)
     new_hi = f32(f32((max(hi, z) if seen else hi) * a) + b)
-    s.range_low[r] = to_bits(min(max(float(new_lo), -_HALF_MAX), _HALF_MAX))
-    s.range_high[r] = to_bits(min(max(float(new_hi), -_HALF_MAX), _HALF_MAX))
+    s.range_low[r] = f32_to_bits(min(max(new_lo, f32(-_HALF_MAX)), f32(_HALF_MAX)))
+    s.range_high[r] = f32_to_bits(min(max(new_hi, f32(-_HALF_MAX)), f32(_HALF_MAX)))
     ready = w[COUNT, k] > p.settle + p.range_warmup
     return float(excess) if ready else 0.0
 
@@ -107,7 +107,7 @@ def day_residual(r: int, zc: np.float32, seen: bool, rate: np.float32, day_bin: 
     known = p != 0.0
     resid = float(f32(zc - p)) if known and seen else math.nan
     if seen:
-        learned = to_bits(f32(p + f32(rate * f32(zc - p)))) if known else to_bits(zc)
+        learned = f32_to_bits(f32(p + f32(rate * f32(zc - p)))) if known else f32_to_bits(zc)
         s.day_profile[r, day_bin] = TINY_BITS if to_float(learned) == 0.0 else learned
     return resid
 

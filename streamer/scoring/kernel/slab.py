@@ -135,6 +135,7 @@ class Weights(NamedTuple):
 
     w_ih: np.ndarray  # (G, F)
     w_hh: np.ndarray  # (G, H)
+    w_hh_t: np.ndarray  # (H, G) float64, W_hh transposed: the step's inner loop runs along the gates
     b_ih: np.ndarray  # (G,)
     b_hh: np.ndarray  # (G,)
     head_w: np.ndarray  # (H,)
@@ -147,4 +148,5 @@ def weights_of(model: RecurrentForecaster) -> Weights:
                               for t in model.rnn.all_weights[0])
     head_w = model.head.weight.detach().to("cpu", torch.float32).numpy().reshape(-1).copy()
     head_b = model.head.bias.detach().to("cpu", torch.float32).numpy().reshape(-1).copy()
-    return Weights(w_ih, w_hh, b_ih, b_hh, head_w, head_b, model.config.cell == "lstm")
+    return Weights(w_ih, w_hh, np.ascontiguousarray(w_hh.T, dtype=np.float64), b_ih, b_hh, head_w, head_b,
+                   model.config.cell == "lstm")
