@@ -45,6 +45,7 @@ from streamer.scoring.evidence import (
     repeat_runs,
     standardise_and_update,
 )
+from streamer.scoring.kernel import PATHS
 from streamer.scoring.kernel.scorer import kernel_for
 from streamer.scoring.held_normal import held_evidence, held_statistics, held_z, hold_rows
 from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
@@ -67,7 +68,7 @@ class PipelineConfig:
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
     range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
-    path: ScoringPath = "kernel"  # on the CPU: the compiled kernel ("kernel") or the torch waves ("torch")
+    path: ScoringPath = PATHS[0]  # type: ignore[assignment]  # on the CPU: the compiled kernel ("kernel") or the torch waves ("torch")
     kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 

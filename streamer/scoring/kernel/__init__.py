@@ -18,3 +18,5 @@ settings, weights), `cell` (recurrent step), `rows` (one channel), `covariance` 
 `decide` (calibration and alert policy), `walk` (one reading, one device, every device),
 `admission` (event time decided up front), `scorer` (the pipeline's entry point).
 """
+
+PATHS = ("kernel", "torch")  # PipelineConfig.path / RNNWATCH_SCORING_PATH; the first is the default
