@@ -109,5 +109,6 @@ def assert_same(kernel: ScoredBatch, torch_: ScoredBatch, atol: float = 1e-5) ->
                 a.threshold) == (b.alert_id, b.device_id, b.state, b.ts, b.started_at, b.reason, b.duration_s,
                                  b.offset, b.threshold)
         assert abs(a.score - b.score) <= atol
-        assert [(c.channel, c.direction) for c in a.channels] == [(c.channel, c.direction) for c in b.channels]
+        named = [[(c.channel, c.direction) for c in e.channels] for e in (a, b)]
+        assert named[0] == named[1]
         np.testing.assert_allclose([c.share for c in a.channels], [c.share for c in b.channels], atol=atol)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_parity import CONFIG, Fleet, assert_same, batch, chunks, pipelines, stream
 
 from streamer.scoring.kernel.half import to_bits, to_float
 from streamer.scoring.readings import AlertEvent
-from kernel_parity import CONFIG, Fleet, assert_same, batch, chunks, pipelines, stream
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -77,7 +77,8 @@ def test_half_conversion_matches_numpy_bit_for_bit() -> None:
     every = np.arange(65536, dtype=np.uint16)
     values = every.view(np.float16)
     finite = np.isfinite(values)
-    assert all(to_float(b) == v for b, v in zip(every[finite], values[finite].astype(np.float32), strict=True))
+    exact = values[finite].astype(np.float32)
+    assert all(to_float(b) == v for b, v in zip(every[finite], exact, strict=True))
     rng = np.random.default_rng(0)
     xs = np.concatenate([rng.normal(0, 1, 3000) * 10.0 ** rng.integers(-9, 6, 3000),
                          values[finite].astype(np.float64) + 1e-12, [6.0e-8, 2.98e-8, 65519.9, -65520.0]])

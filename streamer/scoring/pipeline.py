@@ -45,9 +45,9 @@ from streamer.scoring.evidence import (
     repeat_runs,
     standardise_and_update,
 )
+from streamer.scoring.held_normal import held_evidence, held_statistics, held_z, hold_rows
 from streamer.scoring.kernel import PATHS
 from streamer.scoring.kernel.scorer import kernel_for
-from streamer.scoring.held_normal import held_evidence, held_statistics, held_z, hold_rows
 from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import COLUMN_OF, PER_CHANNEL, SIGNALS, Signal

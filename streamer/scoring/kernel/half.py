@@ -20,6 +20,8 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 from llvmlite import ir
@@ -35,7 +37,7 @@ TINY_BITS = np.uint16(0x0400)  # torch.finfo(torch.float16).tiny
 
 
 @intrinsic
-def _bits_of(typingctx, x):  # type: ignore[no-untyped-def]  # float32 -> its uint32 bit pattern
+def _bits_intrinsic(typingctx, x):  # type: ignore[no-untyped-def]  # float32 -> its uint32 bit pattern
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         return builder.bitcast(args[0], ir.IntType(32))
 
@@ -43,13 +45,15 @@ def _bits_of(typingctx, x):  # type: ignore[no-untyped-def]  # float32 -> its ui
 
 
 @intrinsic
-def _float_of(typingctx, x):  # type: ignore[no-untyped-def]  # uint32 bit pattern -> its float32
+def _float_intrinsic(typingctx, x):  # type: ignore[no-untyped-def]  # uint32 bit pattern -> its float32
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
 
 
+_bits_of = cast(Callable[[np.float32], np.uint32], _bits_intrinsic)
+_float_of = cast(Callable[[np.uint32], np.float32], _float_intrinsic)
 _MAGIC = np.float32(2.0**-14)  # float32 with exponent field 113: rebias of a subnormal half
 
 
@@ -70,7 +74,7 @@ def to_float(bits: np.uint16) -> np.float32:
 @jit
 def f32_to_bits(x: np.float32) -> np.uint16:
     """A float32 value -> float16 bits, rounded to nearest even (overflow to infinity)."""
-    f = _bits_of(x)
+    f: np.uint32 = _bits_of(x)
     sign = (f >> np.uint32(16)) & np.uint32(0x8000)
     f = f & np.uint32(0x7FFFFFFF)
     if f >= np.uint32(0x47800000):  # 65536 and beyond, infinity, NaN

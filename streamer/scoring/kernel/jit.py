@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numba
 from numba.core import caching
@@ -30,7 +30,7 @@ STAMP = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()
 _KERNEL = str(Path(__file__).resolve().parent)
 
 
-def _stamped(base: type) -> type:
+def _stamped(base: Any) -> type:
     """numba's locator `base`, stamping the kernel's files with STAMP (others as numba does)."""
 
     def get_source_stamp(self: Any) -> object:
@@ -42,7 +42,8 @@ def _stamped(base: type) -> type:
 
 _LOCATORS = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
 if all(hasattr(caching, name) for name in (*_LOCATORS, "CacheImpl")):
-    caching.CacheImpl._locator_classes = [_stamped(getattr(caching, name)) for name in _LOCATORS]
+    caching.CacheImpl._locator_classes = [
+        _stamped(getattr(caching, name)) for name in _LOCATORS]  # type: ignore[misc]
 
 
 def jit(fn: F) -> F:
@@ -56,16 +57,21 @@ def jit_parallel(fn: F) -> F:
     return _compile(fn, parallel=True)
 
 
-def _compile(fn: F, parallel: bool, inline: str = "never") -> F:
-    options = {"parallel": parallel, "nogil": True, "error_model": "numpy", "inline": inline}
+def _compile(fn: F, parallel: bool, inline: Literal["never", "always"] = "never") -> F:
     try:
-        return numba.njit(cache=True, **options)(fn)  # type: ignore[no-any-return]
+        compiled = numba.njit(fn, cache=True, parallel=parallel, nogil=True, error_model="numpy",
+                              inline=inline)
     except RuntimeError:  # "cannot cache function ...: no locator available": nothing writable
-        return numba.njit(cache=False, **options)(fn)  # type: ignore[no-any-return]
+        compiled = numba.njit(fn, cache=False, parallel=parallel, nogil=True, error_model="numpy",
+                              inline=inline)
+    return cast(F, compiled)
 
 
-def set_threads(count: int | None) -> int:
-    """Threads the kernel's device loop uses (None: every core numba sees); returns the count in force."""
-    limit = int(numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(limit if count is None else max(1, min(count, limit)))
-    return int(numba.get_num_threads())
+def max_threads() -> int:
+    """Threads numba started with (every core it sees, or NUMBA_NUM_THREADS)."""
+    return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+
+
+def use_threads(count: int) -> None:
+    """Threads the kernel's device loop uses from this Python thread on (at most `max_threads()`)."""
+    numba.set_num_threads(max(1, min(count, max_threads())))

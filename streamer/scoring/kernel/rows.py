@@ -37,7 +37,7 @@ del REPEAT_GRACE  # the device-level repeat evidence is formed in `walk`
 
 
 @jit
-def clip(v: float, bound: float) -> np.float32:
+def clip(v: float | np.floating, bound: float) -> np.float32:
     return f32(min(max(v, -bound), bound))
 
 

@@ -14,13 +14,13 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import numba
 import numpy as np
 
 from streamer.scoring.alert_events import Transition, alert_event
 from streamer.scoring.alert_policy import ACCEPTED, RECOVERED, AlertPolicyConfig
 from streamer.scoring.kernel.admission import admit, groups
 from streamer.scoring.kernel.decide import OPENED
+from streamer.scoring.kernel.jit import max_threads, use_threads
 from streamer.scoring.kernel.slab import Params, Weights, params_of, slab_of, weights_of
 from streamer.scoring.kernel.walk import Out, run
 from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
@@ -41,7 +41,7 @@ class KernelScorer:
                  policy: AlertPolicyConfig, model_version: str, threads: int | None = None) -> None:
         self.store, self.clock, self.params, self.weights = store, clock, params, weights
         self.policy, self.model_version = policy, model_version
-        self.threads = threads or int(numba.config.NUMBA_NUM_THREADS)
+        self.threads = threads or max_threads()
 
     def score(self, batch: ReadingBatch, slots: np.ndarray, status: np.ndarray, n_waves: int,
               ranks: np.ndarray) -> ScoredBatch | None:
@@ -67,11 +67,11 @@ class KernelScorer:
     def _run(self, batch: ReadingBatch, ts: np.ndarray, order: np.ndarray, dev_start: np.ndarray,
              dev_slot: np.ndarray) -> Out:
         n, c_max = batch.values.shape
-        out = Out(np.full(n, np.nan, dtype=np.float32), np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int16),
-                  np.zeros(n), np.zeros(n, dtype=np.int8), np.zeros(n), np.zeros((n, c_max)),
+        out = Out(np.full(n, np.nan, dtype=np.float32), np.zeros(n, dtype=bool),
+                  np.full(n, -1, dtype=np.int16), np.zeros(n), np.zeros(n, dtype=np.int8), np.zeros(n), np.zeros((n, c_max)),
                   np.zeros((n, c_max), dtype=bool))
         if len(order):
-            numba.set_num_threads(min(self.threads, int(numba.config.NUMBA_NUM_THREADS)))
+            use_threads(self.threads)
             run(order, dev_start, dev_slot.astype(np.int64), ts,
                 np.ascontiguousarray(batch.values, dtype=np.float32),
                 np.ascontiguousarray(batch.offsets, dtype=np.int64), slab_of(self.store), self.params,

@@ -17,8 +17,8 @@ import torch
 
 if TYPE_CHECKING:
     from model.forecaster import RecurrentForecaster
-    from streamer.scoring.pipeline import PipelineConfig
     from model.normaliser import NormaliserConfig
+    from streamer.scoring.pipeline import PipelineConfig
     from streamer.scoring.state_store import StateStore
 
 

@@ -25,7 +25,20 @@ from streamer.scoring.kernel import decide
 from streamer.scoring.kernel.covariance import relation
 from streamer.scoring.kernel.half import to_float
 from streamer.scoring.kernel.jit import jit, jit_parallel
-from streamer.scoring.kernel.rows import ABOVE, COUNT, HMEAN, HSTD, NW, PMEAN, PVAR, SEEN, STD, ZH, channel, clip
+from streamer.scoring.kernel.rows import (
+    ABOVE,
+    COUNT,
+    HMEAN,
+    HSTD,
+    NW,
+    PMEAN,
+    PVAR,
+    SEEN,
+    STD,
+    ZH,
+    channel,
+    clip,
+)
 from streamer.scoring.kernel.slab import Params, Slab, Weights
 from streamer.scoring.relation import BLOCK
 from streamer.scoring.signals import SIGNALS
