@@ -68,8 +68,8 @@ class KernelScorer:
              dev_slot: np.ndarray) -> Out:
         n, c_max = batch.values.shape
         out = Out(np.full(n, np.nan, dtype=np.float32), np.zeros(n, dtype=bool),
-                  np.full(n, -1, dtype=np.int16), np.zeros(n), np.zeros(n, dtype=np.int8), np.zeros(n), np.zeros((n, c_max)),
-                  np.zeros((n, c_max), dtype=bool))
+                  np.full(n, -1, dtype=np.int16), np.zeros(n), np.zeros(n, dtype=np.int8), np.zeros(n),
+                  np.zeros((n, c_max)), np.zeros((n, c_max), dtype=bool))
         if len(order):
             use_threads(self.threads)
             run(order, dev_start, dev_slot.astype(np.int64), ts,
