@@ -12,6 +12,10 @@ and forecast) while keeping its normaliser and calibration: after a long outage 
 the last minutes is stale, but the sensor's scale and its usual error level are not. A device whose
 clock went back is re-based (`event_time.py`); one whose channels changed is re-initialised for them
 (`shape.py`).
+
+On the CPU the same scoring runs by default as one compiled pass per batch (`kernel/`, whose cost is
+per reading, not per wave); the waves here stay its definition, the CUDA path, and what scores a batch
+the kernel leaves (a clock re-based, a channel set changed: `kernel_fallbacks`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, Scor
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import COLUMN_OF, PER_CHANNEL, SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
+from streamer.scoring.waves import wave_ranks as _wave_ranks
 
 ScoringPath = Literal["kernel", "torch"]
 # event time the device's normal began learning: float32 epoch seconds (128 s steps) serve a one-day maturity
@@ -143,13 +148,10 @@ class ScoringPipeline:
         valid = np.flatnonzero(status == DropReason.SCORED)
         waves = _wave_ranks(slots[valid])
         n_waves = int(waves.max()) + 1 if len(valid) else 0
-        if self.kernel is not None:
-            if not self.shapes.due:
-                scored = self.kernel.score(batch, slots, status, n_waves, waves)
-                if scored is not None:
-                    return scored
-            self.kernel_fallbacks += 1
-        return self._score_waves(batch, slots, status, valid, waves)
+        scored = None if self.kernel is None or self.shapes.due else \
+            self.kernel.score(batch, slots, status, n_waves, waves)
+        self.kernel_fallbacks += self.kernel is not None and scored is None
+        return scored or self._score_waves(batch, slots, status, valid, waves)
 
     def _score_waves(self, batch: ReadingBatch, slots: np.ndarray, status: np.ndarray, valid: np.ndarray,
                      waves: np.ndarray) -> ScoredBatch:
@@ -159,8 +161,7 @@ class ScoringPipeline:
         alerting = np.zeros(n, dtype=bool)
         top = np.full(n, -1, dtype=np.int16)
         events: list[AlertEvent] = []
-        n_waves = int(waves.max()) + 1 if len(valid) else 0
-        rebased, reshaped = self.clock.rebased, 0
+        n_waves, rebased, reshaped = int(waves.max()) + 1 if len(valid) else 0, self.clock.rebased, 0
         with torch.inference_mode():
             for k in range(n_waves):
                 idx = valid[waves == k]
@@ -388,16 +389,3 @@ def _per_device(table: np.ndarray, device_level: dict[Signal, np.ndarray], start
     for sig, values in device_level.items():
         evidence[:, sig] = values
     return evidence
-
-
-def _wave_ranks(slots: np.ndarray) -> np.ndarray:
-    """For readings in arrival order, how many earlier readings of the same device: (n,) -> (n,)."""
-    if len(slots) == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(slots, kind="stable")
-    sorted_slots = slots[order]
-    starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(slots)]))
-    ranks = np.empty(len(slots), dtype=np.int64)
-    ranks[order] = np.arange(len(slots)) - group_start
-    return ranks
