@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from streamer.scoring.factory import build_pipeline
+from streamer.scoring.kernel import PATHS
 from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
 from streamer.scoring.readings import ReadingBatch
 from streamer.scoring.shadow import ShadowedPipeline
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score every batch with this model in shadow (streamer.scoring.shadow)")
     p.add_argument("--readings-per-device", type=int, default=1,
                    help="readings of each device in one batch (default 1: one wave per batch)")
-    p.add_argument("--path", choices=("kernel", "torch", "both"), default="kernel",
+    p.add_argument("--path", choices=(*PATHS, "both"), default=PATHS[0],
                    help="scoring path timed: the compiled kernel, the torch waves, or both in one run")
     p.add_argument("--torch-batches", type=int, default=None,
                    help="timed batches of the torch path with --path both (default: --batches)")
