@@ -52,6 +52,12 @@ def jit(fn: F) -> F:
     return _compile(fn, parallel=False, inline="always")
 
 
+def jit_own(fn: F) -> F:
+    """Compile `fn` as a function of its own, not inlined: the loop a `prange` body calls (numba's
+    parallel pass would take an inlined body that writes only into the arrays of a tuple for dead code)."""
+    return _compile(fn, parallel=False)
+
+
 def jit_parallel(fn: F) -> F:
     """Compile `fn` with `numba.prange` loops spread over the kernel's threads."""
     return _compile(fn, parallel=True)

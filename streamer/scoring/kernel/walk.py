@@ -24,7 +24,7 @@ from streamer.scoring.evidence import REPEAT_GRACE
 from streamer.scoring.kernel import decide
 from streamer.scoring.kernel.covariance import relation
 from streamer.scoring.kernel.half import to_float
-from streamer.scoring.kernel.jit import jit, jit_parallel
+from streamer.scoring.kernel.jit import jit, jit_own, jit_parallel
 from streamer.scoring.kernel.rows import (
     ABOVE,
     COUNT,
@@ -223,7 +223,7 @@ def write(i: int, c: int, score: float, alarm: float, winner: int, code: int, al
             out.above[i, k] = sc.w[ABOVE, k] > 0
 
 
-@jit
+@jit_own
 def walk(lo: int, hi: int, order: np.ndarray, dev_start: np.ndarray, dev_slot: np.ndarray, ts: np.ndarray,
          values: np.ndarray, offsets: np.ndarray, s: Slab, p: Params, wt: Weights, out: Out) -> None:
     """Devices lo..hi-1 of the walk, each reading of each in order."""
