@@ -1,7 +1,8 @@
 """The recurrent step of one row (one channel of one device), from the torch model's own weights.
 
 It follows `torch.gru_cell` / `torch.lstm_cell` and the linear head operation by operation, each
-rounded to float32 as torch rounds it (sums of products are accumulated in float64 and rounded once,
+rounded to float32 as torch rounds it (exp and tanh computed in float64 here, torch's float32 ones
+from Sleef: within a unit in the last place) (sums of products are accumulated in float64 and rounded once,
 where torch's matrix product accumulates in float32 in an order of its own: the two agree to a unit in
 the last place), and the state is stored back at half precision like `StateStore.rows["hidden"]`.
 
@@ -15,21 +16,40 @@ import math
 
 import numpy as np
 
-from streamer.scoring.kernel.half import f32_to_bits, to_float
+from streamer.scoring.kernel.half import double_of, f32_to_bits, to_float
 from streamer.scoring.kernel.jit import jit
 from streamer.scoring.kernel.slab import Weights
 
 f32 = np.float32
 
 
+_LOG2E = 1.4426950408889634
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(12))  # exp's series to r^11 (|r| <= ln2 / 2)
+
+
+@jit
+def exp(x: float) -> float:
+    """e^x to float64 rounding (|x| <= 700), without a branch or a call, so a loop of them vectorises:
+    x = n ln2 + r, e^x = 2^n e^r with e^r from its series (error below 1e-13, r^12 / 12!)."""
+    x = min(max(x, -700.0), 700.0)
+    n = math.floor(x * _LOG2E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = _TAYLOR[11]
+    for k in range(10, -1, -1):
+        p = p * r + _TAYLOR[k]
+    return p * double_of(np.int64(int(n) + 1023) << np.int64(52))
+
+
 @jit
 def sigmoid(x: np.float32) -> np.float32:
-    return f32(1.0 / (1.0 + math.exp(-float(x))))
+    return f32(1.0 / (1.0 + exp(-float(x))))
 
 
 @jit
 def tanh(x: np.float32) -> np.float32:
-    return f32(math.tanh(float(x)))
+    """1 - 2 / (e^2x + 1) in float64 (its cancellation near 0 costs digits float32 does not keep)."""
+    return f32(1.0 - 2.0 / (exp(2.0 * float(x)) + 1.0))
 
 
 @jit

@@ -52,6 +52,15 @@ def _float_intrinsic(typingctx, x):  # type: ignore[no-untyped-def]  # uint32 bi
     return types.float32(types.uint32), codegen
 
 
+@intrinsic
+def _double_intrinsic(typingctx, x):  # type: ignore[no-untyped-def]  # int64 bit pattern -> its float64
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+double_of = cast(Callable[[np.int64], float], _double_intrinsic)
 _bits_of = cast(Callable[[np.float32], np.uint32], _bits_intrinsic)
 _float_of = cast(Callable[[np.uint32], np.float32], _float_intrinsic)
 _MAGIC = np.float32(2.0**-14)  # float32 with exponent field 113: rebias of a subnormal half
