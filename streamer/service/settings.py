@@ -260,7 +260,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("torch_threads", "RNNWATCH_TORCH_THREADS", "--torch-threads", _int_in(1, 1024),
             "torch CPU threads for scoring (one leaves a core to the Kafka client)"),
     _Option("scoring_path", "RNNWATCH_SCORING_PATH", "--scoring-path", _choice(SCORING_PATHS),
-            "on the CPU: kernel (one compiled pass per batch, built at start) or torch (wave by wave)"),
+            "on the CPU: torch (wave by wave) or kernel (one compiled pass per batch, built at start)"),
     _Option("max_future_s", "RNNWATCH_MAX_FUTURE_S", "--max-future-s", _seconds,
             "a reading whose ts is further ahead of the wall clock is dead-lettered (`future_timestamp`)"),
     _Option("clock_rebase_after", "RNNWATCH_CLOCK_REBASE_AFTER", "--clock-rebase-after",
