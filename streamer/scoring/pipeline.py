@@ -13,9 +13,9 @@ the last minutes is stale, but the sensor's scale and its usual error level are 
 clock went back is re-based (`event_time.py`); one whose channels changed is re-initialised for them
 (`shape.py`).
 
-On the CPU the same scoring runs by default as one compiled pass per batch (`kernel/`, whose cost is
-per reading, not per wave); the waves here stay its definition, the CUDA path, and what scores a batch
-the kernel leaves (a clock re-based, a channel set changed: `kernel_fallbacks`).
+On the CPU the same scoring can run as one compiled pass per batch (`path="kernel"`, `kernel/`: its
+cost is per reading, not per wave); the waves here stay its definition, the default, the CUDA path,
+and what scores a batch the kernel leaves (a clock re-based, a channel set changed: `kernel_fallbacks`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class PipelineConfig:
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
     range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
-    path: ScoringPath = PATHS[0]  # type: ignore[assignment]  # on the CPU: the compiled kernel ("kernel") or the torch waves ("torch")
+    path: ScoringPath = PATHS[0]  # type: ignore[assignment]  # on the CPU: the torch waves or the compiled kernel
     kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 
