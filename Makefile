@@ -35,8 +35,15 @@ lint: install ## ruff (style, import order, complexity) and mypy (types), as .pr
 	$(BIN)/ruff check streamer model tests
 	$(BIN)/mypy
 
-bench: install ## benchmarks, one JSON object per line
-	$(BIN)/rnnwatch bench scoring --devices 10000 --channels 4 --json
+SCORING := $(BIN)/rnnwatch bench scoring --channels 4 --warmup-batches 1 --json
+bench: install ## scoring, kernel vs torch waves, over batch shapes: one JSON object per line (~12 min)
+	$(SCORING) --devices 1 --readings-per-device 20000 --batches 3 --torch-batches 1 --path both
+	$(SCORING) --devices 10 --readings-per-device 200 --batches 10 --torch-batches 2 --path both
+	$(SCORING) --devices 100 --readings-per-device 20 --batches 10 --torch-batches 3 --path both
+	$(SCORING) --devices 1000 --readings-per-device 20 --batches 10 --torch-batches 3 --path both
+	$(SCORING) --devices 10000 --readings-per-device 2 --batches 10 --torch-batches 3 --path both
+	$(SCORING) --devices 10000 --batches 10 --torch-batches 3 --path both
+	$(SCORING) --devices 1000000 --batches 3 --path kernel
 
 model: install ## retrain the shipped default model (seeded, synthetic data only)
 	$(BIN)/rnnwatch train --synthetic --seed 7 --threads 2 --output model/default

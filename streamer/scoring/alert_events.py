@@ -33,36 +33,54 @@ def wave_events(batch: ReadingBatch, wave: WaveReadings, alarm: np.ndarray, tran
                 ) -> list[AlertEvent]:
     """The events of one wave's transitions; alarm (m,), shares (m, c_max): each channel's part in the
     winning signal."""
-    out: list[AlertEvent] = []
     started = store.cols["alert_started_at"]
-    for j, state, reason in (
-        *((j, "firing", None) for j in transitions.opened),
-        *((j, "resolved", RECOVERED) for j in transitions.recovered),
-        *((j, "resolved", ACCEPTED) for j in transitions.accepted),
+    out: list[AlertEvent] = []
+    for j, reason in (
+        *((j, None) for j in transitions.opened),
+        *((j, RECOVERED) for j in transitions.recovered),
+        *((j, ACCEPTED) for j in transitions.accepted),
     ):
-        i, slot = int(wave.idx[j]), int(wave.slots[j])
-        device_id = batch.device_ids[i]
-        begun = float(started[slot])
-        ts = float(wave.ts[j])
+        i, slot, first_row = int(wave.idx[j]), int(wave.slots[j]), int(wave.starts[j])
         c = int(batch.n_channels[i])
-        first_row = int(wave.starts[j])
-        out.append(AlertEvent(
-            alert_id=alert_id(device_id, begun),
-            device_id=device_id,
-            state=state,  # type: ignore[arg-type]
-            ts=ts,
-            started_at=begun,
-            score=float(alarm[j]),
-            threshold=policy.open_threshold if reason is None else policy.close_threshold,
-            channels=attribution(store.channel_names(slot) or tuple(str(k) for k in range(c)), shares[j, :c],
-                                 wave.above[first_row : first_row + c]),
-            model_version=model_version,
-            partition=int(batch.partitions[i]),
-            offset=int(batch.offsets[i]),
-            reason=reason,  # type: ignore[arg-type]
-            duration_s=None if reason is None else ts - begun,
-        ))
+        out.append(alert_event(batch, i, Transition(slot, float(wave.ts[j]), float(started[slot]),
+                                                    float(alarm[j]), reason),
+                               shares[j, :c], wave.above[first_row : first_row + c], store, policy,
+                               model_version))
     return out
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One device's alert transition at one reading: an episode opened (reason None) or closed."""
+
+    slot: int
+    ts: float  # event time of the reading
+    started_at: float  # event time the episode opened
+    alarm: float
+    reason: str | None  # None: opened; RECOVERED or ACCEPTED: closed
+
+
+def alert_event(batch: ReadingBatch, i: int, t: Transition, shares: np.ndarray, above: np.ndarray,
+                store: StateStore, policy: AlertPolicyConfig, model_version: str) -> AlertEvent:
+    """The event of reading i's transition; shares (c,) each channel's part in the winning signal,
+    above (c,) bool its direction."""
+    device_id = batch.device_ids[i]
+    c = int(batch.n_channels[i])
+    return AlertEvent(
+        alert_id=alert_id(device_id, t.started_at),
+        device_id=device_id,
+        state="firing" if t.reason is None else "resolved",
+        ts=t.ts,
+        started_at=t.started_at,
+        score=t.alarm,
+        threshold=policy.open_threshold if t.reason is None else policy.close_threshold,
+        channels=attribution(store.channel_names(t.slot) or tuple(str(k) for k in range(c)), shares, above),
+        model_version=model_version,
+        partition=int(batch.partitions[i]),
+        offset=int(batch.offsets[i]),
+        reason=t.reason,  # type: ignore[arg-type]
+        duration_s=None if t.reason is None else t.ts - t.started_at,
+    )
 
 
 def attribution(names: tuple[str, ...], err: np.ndarray, above: np.ndarray) -> tuple[ChannelAttribution, ...]:

@@ -85,6 +85,26 @@ class EventClock:
             fresh[where] = True
         return fresh
 
+    def runs(self, slots: np.ndarray) -> np.ndarray:
+        """Each device's current run of readings behind its clock: slots (g,) -> (g,) int64."""
+        out = np.zeros(len(slots), dtype=np.int64)
+        if self._behind:
+            for j, slot in enumerate(slots.tolist()):
+                held = self._behind.get(slot)
+                if held is not None and held[0] == self.store.device_id(slot):
+                    out[j] = held[1]
+        return out
+
+    def set_runs(self, slots: np.ndarray, runs: np.ndarray) -> None:
+        """Record each device's run behind its clock after a batch applied elsewhere (`runs` (g,), 0:
+        caught up); none may be complete (`rebase_after` or more)."""
+        for j in np.flatnonzero(runs).tolist():
+            slot = int(slots[j])
+            self._behind[slot] = (self.store.device_id(slot), int(runs[j]))
+        if self._behind:
+            for slot in set(slots[runs == 0].tolist()) & self._behind.keys():
+                del self._behind[slot]
+
     def _count(self, slot: int) -> bool:
         """One more reading of this device not newer than its clock; True when its run is complete."""
         device = self.store.device_id(slot)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from model.artifact import ArtifactError, load
-from streamer.errors import ModelError
-from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline, resolve_device
+from streamer.errors import ConfigError, ModelError
+from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
 
 
 def build_pipeline(model_dir: str | None, device: str = "auto",
@@ -21,8 +23,20 @@ def build_pipeline(model_dir: str | None, device: str = "auto",
     """
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
+        config = replace(config or PipelineConfig(), kernel_threads=cpu_threads)
     try:
         artifact = load(model_dir)
     except ArtifactError as exc:
         raise ModelError(str(exc)) from exc
     return ScoringPipeline(artifact, config, resolve_device(device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch device, with an actionable error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
+    return torch.device(name)

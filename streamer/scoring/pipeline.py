@@ -12,12 +12,17 @@ and forecast) while keeping its normaliser and calibration: after a long outage 
 the last minutes is stale, but the sensor's scale and its usual error level are not. A device whose
 clock went back is re-based (`event_time.py`); one whose channels changed is re-initialised for them
 (`shape.py`).
+
+On the CPU the same scoring can run as one compiled pass per batch (`path="kernel"`, `kernel/`: its
+cost is per reading, not per wave); the waves here stay its definition, the default, the CUDA path,
+and what scores a batch the kernel leaves (a clock re-based, a channel set changed: `kernel_fallbacks`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,7 +38,6 @@ from model.normaliser import (
     normalise_and_update,
     row_std,
 )
-from streamer.errors import ConfigError
 from streamer.scoring import relation
 from streamer.scoring.alert_events import WaveReadings, wave_events
 from streamer.scoring.alert_policy import AlertPolicy, AlertPolicyConfig, Transitions
@@ -46,11 +50,15 @@ from streamer.scoring.evidence import (
     standardise_and_update,
 )
 from streamer.scoring.held_normal import held_evidence, held_statistics, held_z, hold_rows
+from streamer.scoring.kernel import PATHS
+from streamer.scoring.kernel.scorer import kernel_for
 from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
 from streamer.scoring.signals import COLUMN_OF, PER_CHANNEL, SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
+from streamer.scoring.waves import wave_ranks as _wave_ranks
 
+ScoringPath = Literal["kernel", "torch"]
 # event time the device's normal began learning: float32 epoch seconds (128 s steps) serve a one-day maturity
 _COLUMNS = (Column("learn_since", np.float32, fill=np.nan),)
 
@@ -65,17 +73,8 @@ class PipelineConfig:
     reshape_after: int = RESHAPE_AFTER  # readings in a row in one new channel set re-initialise it
     range_margin: float = 0.05  # a value beyond its running range by this share of its width is out of range
     range_warmup: int = 60  # settled values a row's range learns before it judges
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch device, with an actionable error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
-    return torch.device(name)
+    path: ScoringPath = PATHS[0]  # type: ignore[assignment]  # on the CPU: the torch waves or the compiled kernel
+    kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 
 @dataclass
@@ -140,18 +139,29 @@ class ScoringPipeline:
         )
         self.clock = EventClock(self.store, self.config.rebase_after)
         self.shapes = ShapeTracker(self.store, self.config.reshape_after)
+        self.kernel = kernel_for(self) if self.config.path == "kernel" and self.device.type == "cpu" else None
+        self.kernel_fallbacks = 0  # batches the kernel left to the waves (see `streamer.scoring.kernel`)
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
+        """Score a batch in order, device by device; one compiled pass where the kernel serves it."""
+        slots, status = self._validate(batch)
+        valid = np.flatnonzero(status == DropReason.SCORED)
+        waves = _wave_ranks(slots[valid])
+        n_waves = int(waves.max()) + 1 if len(valid) else 0
+        scored = None if self.kernel is None or self.shapes.due else \
+            self.kernel.score(batch, slots, status, n_waves, waves)
+        self.kernel_fallbacks += self.kernel is not None and scored is None
+        return scored or self._score_waves(batch, slots, status, valid, waves)
+
+    def _score_waves(self, batch: ReadingBatch, slots: np.ndarray, status: np.ndarray, valid: np.ndarray,
+                     waves: np.ndarray) -> ScoredBatch:
+        """The torch path: wave k steps the k-th valid reading of every device in one batched step."""
         n = len(batch)
         scores = np.full(n, np.nan, dtype=np.float32)
         alerting = np.zeros(n, dtype=bool)
         top = np.full(n, -1, dtype=np.int16)
-        slots, status = self._validate(batch)
         events: list[AlertEvent] = []
-        valid = np.flatnonzero(status == DropReason.SCORED)
-        waves = _wave_ranks(slots[valid])
-        n_waves = int(waves.max()) + 1 if len(valid) else 0
-        rebased, reshaped = self.clock.rebased, 0
+        n_waves, rebased, reshaped = int(waves.max()) + 1 if len(valid) else 0, self.clock.rebased, 0
         with torch.inference_mode():
             for k in range(n_waves):
                 idx = valid[waves == k]
@@ -379,16 +389,3 @@ def _per_device(table: np.ndarray, device_level: dict[Signal, np.ndarray], start
     for sig, values in device_level.items():
         evidence[:, sig] = values
     return evidence
-
-
-def _wave_ranks(slots: np.ndarray) -> np.ndarray:
-    """For readings in arrival order, how many earlier readings of the same device: (n,) -> (n,)."""
-    if len(slots) == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(slots, kind="stable")
-    sorted_slots = slots[order]
-    starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(slots)]))
-    ranks = np.empty(len(slots), dtype=np.int64)
-    ranks[order] = np.arange(len(slots)) - group_start
-    return ranks

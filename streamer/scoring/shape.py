@@ -81,6 +81,11 @@ class ShapeTracker:
                 self._due[i] = (slot, shape)
         return out
 
+    @property
+    def due(self) -> bool:
+        """Whether `resolve` scheduled a re-initialisation in the batch it saw."""
+        return bool(self._due)
+
     def apply(self, idx: np.ndarray) -> int:
         """Re-initialise the devices whose new shape starts at one of these rows; return how many."""
         if not self._due:

@@ -37,6 +37,7 @@ from streamer.ingest.codec import CodecLimits
 from streamer.kafka.client_choice import KAFKA_CLIENTS, resolve_client
 from streamer.kafka.client_config import KafkaClientSettings
 from streamer.scoring.event_time import REBASE_AFTER
+from streamer.scoring.kernel import PATHS as SCORING_PATHS
 from streamer.scoring.shape import RESHAPE_AFTER
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -68,6 +69,7 @@ class Settings:
     device: str = "auto"
     log_level: str = "INFO"
     torch_threads: int = 1
+    scoring_path: str = SCORING_PATHS[0]
     max_future_s: float = 300.0
     clock_rebase_after: int = REBASE_AFTER
     reshape_after: int = RESHAPE_AFTER
@@ -280,6 +282,8 @@ _OPTIONS: tuple[_Option, ...] = (
             "JSON logs on stderr: DEBUG, INFO, WARNING, ERROR"),
     _Option("torch_threads", "RNNWATCH_TORCH_THREADS", "--torch-threads", _int_in(1, 1024),
             "torch CPU threads for scoring (one leaves a core to the Kafka client)"),
+    _Option("scoring_path", "RNNWATCH_SCORING_PATH", "--scoring-path", _choice(SCORING_PATHS),
+            "on the CPU: torch (wave by wave) or kernel (one compiled pass per batch, built at start)"),
     _Option("max_future_s", "RNNWATCH_MAX_FUTURE_S", "--max-future-s", _seconds,
             "a reading whose ts is further ahead of the wall clock is dead-lettered (`future_timestamp`)"),
     _Option("clock_rebase_after", "RNNWATCH_CLOCK_REBASE_AFTER", "--clock-rebase-after",

@@ -5,7 +5,10 @@ batches holding `--readings-per-device` readings of every device (default one), 
 the bare `model.step` over the same rows (a row is one channel of one device: the model is
 channel-independent). The ratio of the two says how much the pipeline around the cell costs. With
 `--shadow-model` every batch is also scored by a shadow model (`streamer.scoring.shadow`): the figure
-then includes shadowing's cost.
+then includes shadowing's cost. `--path kernel|torch|both` picks the scoring path (`PipelineConfig.path`:
+the compiled kernel, the torch waves, or both on the same batches, each with its own fresh state,
+reported side by side with the kernel's speed-up); `--torch-batches` times the torch path on fewer
+batches where one of them takes minutes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 import torch
 
 from streamer.scoring.factory import build_pipeline
-from streamer.scoring.pipeline import ScoringPipeline
+from streamer.scoring.kernel import PATHS
+from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
 from streamer.scoring.readings import ReadingBatch
 from streamer.scoring.shadow import ShadowedPipeline
 
@@ -34,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score every batch with this model in shadow (streamer.scoring.shadow)")
     p.add_argument("--readings-per-device", type=int, default=1,
                    help="readings of each device in one batch (default 1: one wave per batch)")
+    p.add_argument("--path", choices=(*PATHS, "both"), default=PATHS[0],
+                   help="scoring path timed: the compiled kernel, the torch waves, or both in one run")
+    p.add_argument("--torch-batches", type=int, default=None,
+                   help="timed batches of the torch path with --path both (default: --batches)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -92,43 +100,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(args: argparse.Namespace) -> dict[str, object]:
-    live = build_pipeline(args.model, args.device, cpu_threads=args.threads)
+def _timed(args: argparse.Namespace, path: str, batches: list[ReadingBatch], timed: int
+           ) -> tuple[float, ScoringPipeline | ShadowedPipeline]:
+    """Readings per second of `timed` batches scored on `path` after the warm-up batches."""
+    config = PipelineConfig(path=path)  # type: ignore[arg-type]
+    live = build_pipeline(args.model, args.device, config, cpu_threads=args.threads)
     pipeline: ScoringPipeline | ShadowedPipeline = live
     if args.shadow_model:
-        pipeline = ShadowedPipeline(live, build_pipeline(args.shadow_model, args.device,
+        pipeline = ShadowedPipeline(live, build_pipeline(args.shadow_model, args.device, config,
                                                          cpu_threads=args.threads))
-    device = pipeline.device
+    for batch in batches[: args.warmup_batches]:
+        pipeline.score(batch)
+    _sync(pipeline.device)
+    started = time.perf_counter()
+    for batch in batches[args.warmup_batches : args.warmup_batches + timed]:
+        pipeline.score(batch)
+    _sync(pipeline.device)
+    return sum(map(len, batches[args.warmup_batches : args.warmup_batches + timed])) / (
+        time.perf_counter() - started), pipeline
+
+
+def bench(args: argparse.Namespace) -> dict[str, object]:
     k = max(1, args.readings_per_device)
     steps = make_batches(args.devices, args.channels, (args.warmup_batches + args.batches) * k, args.seed)
     batches = [_merge(steps[b * k : (b + 1) * k]) for b in range(args.warmup_batches + args.batches)]
-    for batch in batches[: args.warmup_batches]:
-        pipeline.score(batch)
-    _sync(device)
-    started = time.perf_counter()
-    for batch in batches[args.warmup_batches :]:
-        pipeline.score(batch)
-    _sync(device)
-    pipeline_s = time.perf_counter() - started
-    readings = args.devices * args.batches * k
-
+    paths = ("kernel", "torch") if args.path == "both" else (args.path,)
+    rates: dict[str, float] = {}
+    for path in paths:
+        timed = args.torch_batches if path == "torch" and args.path == "both" and args.torch_batches else \
+            args.batches
+        rates[path], pipeline = _timed(args, path, batches, timed)
+    readings_per_s = rates[paths[0]]
+    live = pipeline.live if isinstance(pipeline, ShadowedPipeline) else pipeline
     rows = args.devices * args.channels
-    readings_per_s = readings / pipeline_s
     bare_rows_per_s = _bare_step_rows_per_s(live, rows, args.warmup_batches, args.batches * k)
     return {
         "benchmark": "scoring",
-        "device": str(device),
+        "device": str(pipeline.device),
+        "path": args.path,
         "devices": args.devices,
         "channels": args.channels,
         "batches": args.batches,
         "readings_per_device": k,
         "shape": f"{args.devices} devices x {k} readings x {args.channels} channels per batch",
         "shadow_model": pipeline.shadow.model_version if isinstance(pipeline, ShadowedPipeline) else None,
-        "readings": readings,
+        "readings": args.devices * args.batches * k,
         "model_version": pipeline.model_version,
-        "torch_threads": torch.get_num_threads(),
+        "threads": args.threads,
         "readings_per_s": round(readings_per_s),
         "pipeline_rows_per_s": round(readings_per_s * args.channels),
+        **{f"{path}_readings_per_s": round(rate) for path, rate in rates.items()},
+        **({"speedup": round(rates["kernel"] / rates["torch"], 1)} if len(rates) == 2 else {}),
         "bare_step_rows_per_s": round(bare_rows_per_s),
         "ratio": round(readings_per_s * args.channels / bare_rows_per_s, 3),
         "bytes_per_device": pipeline.bytes_per_device(args.channels) if isinstance(pipeline, ShadowedPipeline)

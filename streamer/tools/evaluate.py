@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamer.errors import ConfigError
+from streamer.scoring.kernel import PATHS
 from streamer.tools import evaluate_tep
 from streamer.tools.replay import Series, SeriesResult, read_series, replay, write_result
 
@@ -36,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     nab.add_argument("--output-dir", type=Path, required=True)
     nab.add_argument("--model", default=None, help="model artifact directory (default: the shipped model)")
     nab.add_argument("--device", default="auto")
+    nab.add_argument("--scoring-path", choices=PATHS, default=PATHS[0],
+                     help="on the CPU: the compiled kernel (default) or the torch waves (the same scores)")
     nab.add_argument("--no-plots", action="store_true", help="skip the PNGs (they need rnnwatch[plots])")
     nab.set_defaults(func=run_nab)
     evaluate_tep.register(bench)
@@ -44,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_nab(args: argparse.Namespace) -> int:
     from model.evaluation import nab_plots
     from streamer.scoring.factory import build_pipeline
+    from streamer.scoring.pipeline import PipelineConfig
 
     if not args.no_plots:
         try:  # before a replay of minutes, not after it
@@ -57,7 +61,7 @@ def run_nab(args: argparse.Namespace) -> int:
                           "(e.g. ../shared/datasets/nab)")
     series = [read_series(f, f"{f.parent.name}/{f.name}", "timestamp", ["value"]) for f in files]
     started = time.monotonic()
-    results = replay(series, build_pipeline(args.model, args.device))
+    results = replay(series, build_pipeline(args.model, args.device, PipelineConfig(path=args.scoring_path)))
     replay_s = time.monotonic() - started
     outputs = {}
     for s, res in zip(series, results, strict=True):

@@ -26,6 +26,7 @@ from model.evaluation.tep_metrics import ONSET, TepFigures, tep_figures
 from model.evaluation.tep_pca import PcaMonitor, fit_pca, matched_threshold
 from model.evaluation.tep_report import figures_json, format_table
 from streamer.errors import ConfigError
+from streamer.scoring.kernel import PATHS
 from streamer.tools.replay import Series, SeriesResult, read_series, replay, write_result
 
 HISTORY_FILE = "normal_history.csv"
@@ -60,6 +61,8 @@ def register(bench: argparse._SubParsersAction) -> None:
     tep.add_argument("--output-dir", type=Path, required=True)
     tep.add_argument("--model", default=None, help="model artifact directory (default: the shipped model)")
     tep.add_argument("--device", default="auto")
+    tep.add_argument("--scoring-path", choices=PATHS, default=PATHS[0],
+                     help="on the CPU: the compiled kernel (default) or the torch waves (the same scores)")
     tep.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     tep.set_defaults(func=run_tep)
 
@@ -119,11 +122,12 @@ def baseline_figures(pca: PcaRun, rnnwatch_false_alarm_rate: float) -> tuple[dic
 
 def run_tep(args: argparse.Namespace) -> int:
     from streamer.scoring.factory import build_pipeline
+    from streamer.scoring.pipeline import PipelineConfig
 
     data = load(args.tep_dir)
     streams = [device_stream(data.history, data.tests[n]) for n in TEST_FILES]
     started = time.monotonic()
-    results = replay(streams, build_pipeline(args.model, args.device))
+    results = replay(streams, build_pipeline(args.model, args.device, PipelineConfig(path=args.scoring_path)))
     replay_s = time.monotonic() - started
     skip = len(data.history.ts)
     alerts = {}

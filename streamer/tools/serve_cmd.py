@@ -47,7 +47,8 @@ def _serve(settings: Any) -> int:
     from streamer.scoring.shadow import ShadowedPipeline
     from streamer.service.daemon import Daemon
 
-    config = PipelineConfig(rebase_after=settings.clock_rebase_after, reshape_after=settings.reshape_after)
+    config = PipelineConfig(rebase_after=settings.clock_rebase_after, reshape_after=settings.reshape_after,
+                            path=settings.scoring_path)
     live = build_pipeline(settings.model, settings.device, config, cpu_threads=settings.torch_threads)
     pipeline: ScoringPipeline | ShadowedPipeline = live
     if settings.shadow_model:
