@@ -160,3 +160,24 @@ def test_feedback_during_a_swap_reaches_the_model_that_owns_the_device() -> None
         out = apply_silences(live.store, batch, swap.score(batch), live.config.policy, live.model_version)
         firing += [round(e.ts / 60) for e in out.events if e.state == "firing" and e.device_id == "dev-3"]
     assert firing == [760], firing  # withheld at 720, announced once when the silence ended
+
+
+@pytest.mark.slow  # compiles the kernel
+def test_a_swap_on_the_kernel_path_scores_with_the_new_weights_after_it() -> None:
+    """The compiled pass holds the weights and version it was built with: promotion rebuilds it, so the
+    promoted pipeline's kernel steps with the new model's weights."""
+    from streamer.scoring.pipeline import PipelineConfig
+
+    kernel = PipelineConfig(path="kernel")
+    x = fleet(760, {})
+    live = ScoringPipeline(load(), kernel)
+    for batch in batches(x, 0, 600):
+        live.score(batch)
+    swap = SwappingPipeline(live, ScoringPipeline(other_model(), kernel), deadline_s=1e9)
+    for batch in batches(x, 600, 700):
+        swap.score(batch)
+    assert swap.done
+    promoted = swap.promote()
+    assert promoted.kernel is not None and promoted.kernel.model_version == promoted.model_version
+    np.testing.assert_array_equal(promoted.kernel.weights.w_hh,
+                                  other_model().model.rnn.all_weights[0][1].detach().numpy())

@@ -126,6 +126,7 @@ class ScoringPipeline:
     ) -> None:
         self.config = config or PipelineConfig()
         self.device = torch.device(device)
+        self.artifact = artifact
         self.model = artifact.model.to(self.device).eval()
         self.model_version = artifact.version
         self.normaliser = artifact.normaliser
@@ -141,6 +142,13 @@ class ScoringPipeline:
         self.shapes = ShapeTracker(self.store, self.config.reshape_after)
         self.kernel = kernel_for(self) if self.config.path == "kernel" and self.device.type == "cpu" else None
         self.kernel_fallbacks = 0  # batches the kernel left to the waves (see `streamer.scoring.kernel`)
+
+    def adopt(self, artifact: ModelArtifact) -> None:
+        """Score with `artifact`'s model from now on, on the same state (a hot swap's end, `swap.py`)."""
+        self.artifact, self.model = artifact, artifact.model.to(self.device).eval()
+        self.model_version, self.normaliser = artifact.version, artifact.normaliser
+        if self.kernel is not None:
+            self.kernel = kernel_for(self)  # the compiled pass holds the weights and version it was given
 
     def score(self, batch: ReadingBatch) -> ScoredBatch:
         """Score a batch in order, device by device; one compiled pass where the kernel serves it."""

@@ -82,10 +82,8 @@ class SwappingPipeline(WrapsLive):
         left = np.array([s for s in np.flatnonzero(store.live).tolist()
                          if store.device_id(s) not in self.taken_over], dtype=np.int64)
         forget_the_model(store, left)
-        live, new = self.live, self.incoming
-        live.model, live.model_version, live.normaliser = new.model.to(live.device), new.model_version, \
-            new.normaliser
-        return live
+        self.live.adopt(self.incoming.artifact)
+        return self.live
 
     # ---- steps of score() ----------------------------------------------------------------------------
     def _carry_new_devices(self, batch: ReadingBatch) -> None:
