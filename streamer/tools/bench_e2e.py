@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka-python: also measure raw consume+decode with its defaults and without crc32c")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     p.add_argument("--model", default=None)
+    p.add_argument("--scoring-path", default="torch", choices=("torch", "kernel"),
+                   help="the daemon's and the core's scoring path (RNNWATCH_SCORING_PATH)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -73,7 +75,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
         topic_partitions=args.partitions, log_level="WARNING", kafka_client=resolve_client(args.client),
-        decode_workers=args.decode_workers,
+        decode_workers=args.decode_workers, scoring_path=args.scoring_path,
         poll_timeout_ms=100,  # the daemon notices stop() within 0.1 s: its last commit is not delayed
     )
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
@@ -206,11 +208,12 @@ def _scoring_core(settings: Any, records: list[Any]) -> float:
     """Readings/s of `ScoringPipeline.score` alone on the decoded records, in the daemon's batch size."""
     from streamer.ingest.codec import ReadingDecoder
     from streamer.scoring.factory import build_pipeline
+    from streamer.scoring.pipeline import PipelineConfig
 
     decoder = ReadingDecoder(settings.codec_limits)
     step = settings.max_poll_records
     batches = [decoder.decode(records[i:i + step]).batch for i in range(0, len(records), step)]
-    pipeline = build_pipeline(settings.model, settings.device)
+    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path))
     started = time.perf_counter()
     for batch in batches:
         pipeline.score(batch)
@@ -247,6 +250,7 @@ class _TimedConsumer:
 
 def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
     from streamer.scoring.factory import build_pipeline
+    from streamer.scoring.pipeline import PipelineConfig
     from streamer.service.clients import make_consumer
 
     timed: list[_TimedConsumer] = []
@@ -255,7 +259,8 @@ def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
         timed.append(_TimedConsumer(make_consumer(settings)))
         return timed[-1]
 
-    with RunningDaemon(settings, build_pipeline(settings.model, settings.device), factory) as daemon:
+    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path))
+    with RunningDaemon(settings, pipeline, factory) as daemon:
         wait_until(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read it")
         batches = daemon.accounting.totals["batches"]
     t = timed[0]

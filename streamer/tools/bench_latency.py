@@ -20,9 +20,10 @@ from streamer.tools.bench_e2e import RunningDaemon, read_all, wait_until
 def alert_latency(settings: Any, rate: float, seconds: float, devices: int, channels: int) -> dict[str, Any]:
     from streamer.kafka.admin import TopicSpec, ensure_topics
     from streamer.scoring.factory import build_pipeline
+    from streamer.scoring.pipeline import PipelineConfig
 
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, settings.topic_partitions)])
-    pipeline = build_pipeline(settings.model, settings.device)
+    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path))
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Queue()
     with RunningDaemon(settings, pipeline) as daemon:
