@@ -45,23 +45,31 @@ class FeedbackStep:
     def __init__(self, reader: FeedbackReader, store: StateStore, owners: Owners, metrics: Metrics, *,
                  track: Callable[[np.ndarray, Mapping[int, int]], None],
                  on_events: Callable[[list[AlertEvent]], None] = lambda events: None,
-                 gauge_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 poll_interval_s: float = 1.0, gauge_interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.reader = reader
         self.store = store
         self.owners = owners
         self.metrics = metrics
         self._track = track
         self._on_events = on_events
+        self._poll_interval_s = poll_interval_s
+        self._poll_at = 0.0
         self._gauge_interval_s = gauge_interval_s
         self._gauge_at = 0.0
         self._clock = clock
 
     def run(self, publisher: Publisher, partitions: Iterable[int], now: float) -> int:
-        """Follow `partitions`, apply what their feedback brought since the last turn; messages read. A
-        broker error is logged and the same records are read again at a later turn (nothing was applied)."""
+        """Follow `partitions`, apply what their feedback brought since the last look; messages read. The
+        topic is looked at every `poll_interval_s` (a few messages a minute: a look per loop turn would cost
+        the readings' latency). A broker error is logged and the same records are read again at a later
+        look (nothing was applied)."""
         if self._clock() >= self._gauge_at:
             self._gauge_at = self._clock() + self._gauge_interval_s
             self.metrics.devices_silenced.set(silenced_now(self.store, now))
+        if self._clock() < self._poll_at:
+            return 0
+        self._poll_at = self._clock() + self._poll_interval_s
         try:
             self.reader.follow(partitions)
             records = self.reader.poll()
