@@ -40,9 +40,9 @@ def apply_silences(store: StateStore, batch: ReadingBatch, scored: ScoredBatch, 
     slots = store.lookup(batch.device_ids)
     held = slots >= 0
     ends = np.where(held, until[np.maximum(slots, 0)], 0).astype(np.float64)  # (n,) 0: not silenced
-    silenced = (batch.ts < ends) & held  # (n,)
     if not (ends > 0).any():
         return scored
+    silenced = batch.ts < ends  # (n,)
     hidden = [e.state == "firing" and _silenced_at(store, e) for e in scored.events]
     keep = [e for e, h in zip(scored.events, hidden, strict=True) if not h]
     alerting = scored.alerting & ~silenced

@@ -312,15 +312,9 @@ class Daemon:
 
     def _commit_feedback(self, offsets: Mapping[int, int]) -> None:
         """Commit {partition: next offset} of the feedback topic, in the readings group (a checkpoint's)."""
-        from kafka import TopicPartition
-
-        assert self.consumer is not None and self.settings.feedback_topic
-        topic = self.settings.feedback_topic
-        try:
-            self.consumer.commit({TopicPartition(topic, p): offset for p, offset in offsets.items()})
-        except CommitError as exc:
-            self.metrics.commit_failures.inc()
-            log.warning("%s; that feedback will be read again (its effects are idempotent)", exc)
+        assert self.settings.feedback_topic
+        self._commit_to(self.settings.feedback_topic, offsets,
+                        "that feedback will be read again (its effects are idempotent)")
 
     def _confirm(self, publisher: Publisher) -> None:
         """Block until the output sent so far is acknowledged, retrying with backoff; never skip it."""
@@ -340,15 +334,20 @@ class Daemon:
 
     def _commit(self, offsets: Mapping[int, int]) -> None:
         """Commit {partition: next offset} of the readings topic (the checkpointer calls this)."""
+        self._commit_to(self.settings.readings_topic, offsets,
+                        "those records will be processed again by the partitions' next owner")
+
+    def _commit_to(self, topic: str, offsets: Mapping[int, int], consequence: str) -> None:
+        """Commit {partition: next offset} of `topic` through the group member; a refusal is counted and
+        logged with what it means (`consequence`), never raised."""
         from kafka import TopicPartition
 
         assert self.consumer is not None
-        topic = self.settings.readings_topic
         try:
             self.consumer.commit({TopicPartition(topic, p): offset for p, offset in offsets.items()})
         except CommitError as exc:
             self.metrics.commit_failures.inc()
-            log.warning("%s; those records will be processed again by the partitions' next owner", exc)
+            log.warning("%s; %s", exc, consequence)
 
     # ---- health and periodic metrics -----------------------------------------------------------------
     def _beat(self) -> None:
