@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from deploy_support import BASE, GPU, config, dockerfile_uid, find, pod_spec, rendered
+from deploy_support import BASE, GPU, config, dockerfile, dockerfile_uid, find, pod_spec, rendered
 
 from streamer.service.settings import ENVIRONMENT, Settings
 
@@ -53,6 +53,27 @@ def test_pod_runs_locked_down_and_probes_the_metrics_port() -> None:
     assert "memory" in container["resources"]["limits"]
     assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
         "topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+
+
+def test_the_init_container_seeds_the_kernel_cache_the_image_built() -> None:
+    """The image compiles the kernel into a cache (Dockerfile); the init container, same image, copies it
+    into the emptyDir the daemon's NUMBA_CACHE_DIR names, as locked down as the daemon itself."""
+    built = re.search(r"NUMBA_CACHE_DIR=(\S+) \S+ -m streamer\.scoring\.kernel\.prebuild", dockerfile())
+    assert built, "the Dockerfile prebuilds the kernel into a cache directory"
+    for overlay in (BASE, GPU):
+        pod = pod_spec(rendered(overlay))
+        (init,) = pod["initContainers"]
+        (container,) = pod["containers"]
+        assert init["image"] == container["image"]
+        cache_dir = {e["name"]: e["value"] for e in container["env"]}["NUMBA_CACHE_DIR"]
+        assert init["command"] == ["cp", "-R", f"{built[1]}/.", f"{cache_dir}/"]
+        daemon_mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        mounts = [(m["name"], m["mountPath"]) for m in init["volumeMounts"]]
+        assert mounts == [(daemon_mounts[cache_dir], cache_dir)]
+        assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[daemon_mounts[cache_dir]]
+        assert init["securityContext"] == container["securityContext"]
+        assert {"cpu", "memory"} <= set(init["resources"]["requests"])
+        assert "memory" in init["resources"]["limits"]
 
 
 def test_shutdown_grace_outlasts_a_checkpoint() -> None:

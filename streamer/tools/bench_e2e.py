@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from streamer.kafka.client_choice import KAFKA_CLIENTS, resolve_client
+from streamer.scoring.kernel import PATHS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka-python: also measure raw consume+decode with its defaults and without crc32c")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     p.add_argument("--model", default=None)
-    p.add_argument("--scoring-path", default="torch", choices=("torch", "kernel"),
+    p.add_argument("--scoring-path", default=PATHS[0], choices=PATHS,
                    help="the daemon's and the core's scoring path (RNNWATCH_SCORING_PATH)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

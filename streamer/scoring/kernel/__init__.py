@@ -11,8 +11,8 @@ the pipeline's `StateStore` in place. Events are built afterwards from the per-r
 Falls back to the torch waves, for the whole batch, counted in `ScoringPipeline.kernel_fallbacks`:
 - a batch in which some device's clock re-bases (`event_time`: its run of readings behind its clock
   completes), or one re-initialised for a new channel set (`shape`): both rare, both intricate;
-- a pipeline on CUDA, or configured with `path="torch"` (`RNNWATCH_SCORING_PATH=torch`, the default
-  for now: see `PATHS`), never uses it.
+- a pipeline on CUDA, or configured with `path="torch"` (`RNNWATCH_SCORING_PATH=torch`), never uses
+  it.
 
 Modules: `jit` (how it is compiled and cached), `half` (float16 storage), `slab` (the store's arrays,
 settings, weights), `cell` (recurrent step), `rows` (one channel), `covariance` (the relation),
@@ -20,8 +20,9 @@ settings, weights), `cell` (recurrent step), `rows` (one channel), `covariance` 
 `admission` (event time decided up front), `scorer` (the pipeline's entry point).
 """
 
-# PipelineConfig.path / RNNWATCH_SCORING_PATH; the first is the default. The torch waves stay the default
-# until the kernel reproduces them on real series too: on NAB's 58 files it differs by up to 7e-5 on a
-# handful of readings and by 0.24 on one (the onset damping's "beats the decayed peak" decided the other
-# way), which moves the NAB scores by 0.03-0.10 (see docs/ARCHITECTURE.md, "Scoring").
-PATHS = ("torch", "kernel")
+# PipelineConfig.path / RNNWATCH_SCORING_PATH; the first is the default. The kernel is the default on the
+# CPU: it equals the torch waves to 1e-5 on random fleets and on TEP; on NAB's 58 files it differs by up
+# to 7e-5 on a handful of readings and by 0.24 on one (the onset damping's "beats the decayed peak"
+# decided the other way by a float16 rounding), which moves the NAB scores by 0.03-0.10 (see
+# docs/ARCHITECTURE.md, "Scoring"). `torch` keeps the waves, the definition, everywhere.
+PATHS = ("kernel", "torch")

@@ -10,6 +10,7 @@ batch wave by wave.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -100,6 +101,7 @@ class KernelScorer:
     def warm_up(self) -> float:
         """Compile the kernel (or load it from numba's cache) on a throwaway store of one device; returns
         the seconds it took. Call at start, not on the first batch."""
+        _announce_compilation()
         started = time.perf_counter()
         store = StateStore(self.store.state_size, columns=tuple(self.store.columns.values()),
                            blocks=tuple(self.store.block_fields.values()), initial_devices=1)
@@ -114,6 +116,13 @@ class KernelScorer:
         log.info("scoring kernel ready in %.1f s (compiled, or loaded from numba's cache)", elapsed,
                  extra={"event": "kernel_ready"})
         return elapsed
+
+
+@functools.cache
+def _announce_compilation() -> None:
+    """Once per process, before the first warm-up: what the operator may be waiting for."""
+    log.info("scoring kernel: loading it from numba's cache, or compiling it (about a minute on 2 cores, "
+             "once per machine and source version)", extra={"event": "kernel_compiling"})
 
 
 def kernel_for(pipeline: ScoringPipeline) -> KernelScorer:
