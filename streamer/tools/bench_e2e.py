@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--scoring-path", default=PATHS[0], choices=PATHS,
                    help="the daemon's and the core's scoring path (RNNWATCH_SCORING_PATH)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="the daemon's and the core's scoring threads (RNNWATCH_TORCH_THREADS)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -76,7 +78,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         metrics_host="127.0.0.1",
         max_poll_records=args.max_poll_records, device=args.device, model=args.model,
         topic_partitions=args.partitions, log_level="WARNING", kafka_client=resolve_client(args.client),
-        decode_workers=args.decode_workers, scoring_path=args.scoring_path,
+        decode_workers=args.decode_workers, scoring_path=args.scoring_path, torch_threads=args.threads,
         poll_timeout_ms=100,  # the daemon notices stop() within 0.1 s: its last commit is not delayed
     )
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, args.partitions)])
@@ -98,7 +100,7 @@ def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "channels": args.channels,
         "partitions": args.partitions,
         "max_poll_records": args.max_poll_records,
-        "decode_workers": args.decode_workers,
+        "decode_workers": args.decode_workers, "threads": args.threads,
         "raw_consume_decode_readings_per_s": round(raw, 1),
         "scoring_core_readings_per_s": round(core, 1),
         "daemon_readings_per_s": round(daemon["rate"], 1),
@@ -214,7 +216,8 @@ def _scoring_core(settings: Any, records: list[Any]) -> float:
     decoder = ReadingDecoder(settings.codec_limits)
     step = settings.max_poll_records
     batches = [decoder.decode(records[i:i + step]).batch for i in range(0, len(records), step)]
-    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path))
+    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path),
+                              cpu_threads=settings.torch_threads)
     started = time.perf_counter()
     for batch in batches:
         pipeline.score(batch)
@@ -260,7 +263,8 @@ def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
         timed.append(_TimedConsumer(make_consumer(settings)))
         return timed[-1]
 
-    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path))
+    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path),
+                              cpu_threads=settings.torch_threads)
     with RunningDaemon(settings, pipeline, factory) as daemon:
         wait_until(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read it")
         batches = daemon.accounting.totals["batches"]

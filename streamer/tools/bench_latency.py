@@ -23,7 +23,8 @@ def alert_latency(settings: Any, rate: float, seconds: float, devices: int, chan
     from streamer.scoring.pipeline import PipelineConfig
 
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, settings.topic_partitions)])
-    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path))
+    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path),
+                              cpu_threads=settings.torch_threads)
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Queue()
     with RunningDaemon(settings, pipeline) as daemon:
