@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamer.scoring.calibration import (
+    FIRE_LEVEL,
     RANKED_SIGNALS,
     STATE_SIGNALS,
     CalibrationConfig,
@@ -81,6 +83,39 @@ def test_out_of_range_lifts_the_score_not_the_alarm() -> None:
     out = cal.score(store, slots, live, live, out_of_range=np.array([True]))
     assert out.score[0] >= CFG.range_lift and out.alarm[0] < 0.1
     assert out.remembered[0] == out.score[0]
+
+
+def _step(cal: Calibrator, store: StateStore, slots: np.ndarray, live: np.ndarray,
+          out_of_range: np.ndarray | None) -> tuple[float, bool]:
+    """Score and learn one reading; its published score and whether it fired."""
+    out = cal.score(store, slots, live, live, out_of_range=out_of_range)
+    cal.learn(store, slots, live, out)
+    return float(out.score[0]), bool(out.fired[0])
+
+
+@pytest.mark.parametrize("refractory", [3, 0])
+def test_a_repeat_inside_the_refractory_period_fires_only_if_it_is_worse(refractory: int) -> None:
+    """Edge trigger: out-of-range readings in a row each score above FIRE_LEVEL; only the first fires, a
+    repeat within `refractory` readings is published just below the level unless it beats the latest
+    fire by `refire`; after the period the same reading fires again. 0 readings: every high score fires."""
+    cal = Calibrator(CalibrationConfig(warmup=20, skip=2, refractory=refractory))
+    store, slots = _store(1)
+    _teach(cal, store, slots, 100)
+    quiet, mild, worse = (_evidence(1, Signal.LEVEL, v) for v in (1.0, 2.0, 1e3))
+    outside = np.array([True])
+    first, fired = _step(cal, store, slots, mild, outside)
+    assert first >= FIRE_LEVEL and fired
+    repeat, fired = _step(cal, store, slots, mild, outside)
+    if not refractory:
+        assert repeat >= FIRE_LEVEL and fired
+        return
+    assert repeat < FIRE_LEVEL and not fired  # it would have scored >= the level: a repeat
+    assert _step(cal, store, slots, worse, outside)[1], "a repeat that beats the latest fire by refire fires"
+    assert not _step(cal, store, slots, worse, outside)[1]
+    for _ in range(refractory):
+        assert _step(cal, store, slots, quiet, None)[0] < FIRE_LEVEL
+    again, fired = _step(cal, store, slots, mild, outside)
+    assert again >= FIRE_LEVEL and fired  # the period is over
 
 
 def test_the_protect_gate_keeps_an_outlier_from_teaching_the_distribution() -> None:

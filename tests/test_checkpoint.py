@@ -485,3 +485,37 @@ def test_a_state_record_of_the_previous_release_is_upgraded_not_reset():
     assert cols["last_seen"][slot] == int(expect["last_seen"]) and cols["silence_until"][slot] == 0
     assert float(cols["alert_peak"][slot]) == pytest.approx(expect["alert_hold"])  # from the held alarm
     assert record.model_version == expect["version"] == pipe.model_version  # the same model: nothing re-warms
+
+
+def test_a_state_record_from_before_the_refractory_is_upgraded_with_its_cooldown_in_whole_seconds():
+    """tests/data/state_record_46e4646.hex was written by commit 46e4646 (cooldown as float64 seconds, no
+    refractory memory): restored today it keeps its episode, calibration and cooldown, and remembers
+    no fire."""
+    import json
+    from pathlib import Path
+
+    from streamer.checkpoint.migrate import Upgrader
+    from streamer.checkpoint.state_codec import decode_state, install_states
+    from streamer.checkpoint.state_schema import StateSchema
+
+    data = Path(__file__).parent / "data"
+    record = decode_state(bytes.fromhex((data / "state_record_46e4646.hex").read_text().strip()))
+    expect = json.loads((data / "state_record_46e4646.json").read_text())
+    pipe = build_pipeline(None, "cpu")
+    schema = StateSchema.of(pipe.store)
+    assert not record.payload_known(schema), "the old layout differs from today's"
+    upgrader = Upgrader(pipe.store, schema)
+    (upgraded,) = upgrader.upgrade([record])
+    slots, known = install_states(pipe.store, [upgraded], schema)
+    assert known.all() and upgrader.upgraded == 1
+    cols, slot = pipe.store.cols, int(slots[0])
+    assert np.allclose(cols["cal_mean"][slot], expect["cal_mean"]) and np.allclose(cols["cal_var"][slot],
+                                                                                   expect["cal_var"])
+    assert cols["cal_peak"][slot] == pytest.approx(expect["cal_peak"])
+    assert cols["alert_state"][slot] == expect["alert_state"] == 1  # an open episode carries on
+    assert cols["alert_started_at"][slot] == expect["alert_started_at"]
+    assert float(cols["alert_peak"][slot]) == pytest.approx(expect["alert_peak"])
+    assert cols["alert_cooldown_until"][slot] == expect["alert_cooldown_until"]  # whole seconds already
+    assert cols["last_seen"][slot] == expect["last_seen"] and cols["steps"][slot] == expect["steps"]
+    assert cols["cal_since"][slot] == 255 and cols["cal_fired"][slot] == 0  # no fire remembered
+    assert record.model_version == expect["version"] == pipe.model_version

@@ -11,6 +11,9 @@ Known earlier layouts (the row fields and blocks are today's; only columns chang
 - before the operator's loop (commit 883a5ee and earlier): `last_seen` float64 (now whole seconds,
   uint32), `alert_hits` uint32 (now uint16: M-of-N up to 16), no `silence_until` (0: none), no
   `alert_peak` (taken from the held alarm).
+- before the score's refractory (commit 46e4646 and earlier, back to the operator's loop):
+  `alert_cooldown_until` float64 (now whole seconds rounded up, uint32: the 4 bytes the refractory's
+  `cal_fired` and `cal_since` take), no `cal_fired` / `cal_since` (no fire remembered).
 """
 
 from __future__ import annotations
@@ -30,8 +33,14 @@ EARLIER_COLUMNS: tuple[tuple[tuple[str, str, int], ...], ...] = (
      ("cal_var", "<f4", 9), ("cal_peak", "<f4", 1), ("cal_held_mean", "<f2", 6), ("cal_held_std", "<f2", 6),
      ("alert_state", "|i1", 1), ("alert_hits", "<u4", 1), ("alert_below", "|u1", 1), ("alert_hold", "<f2", 1),
      ("alert_started_at", "<f8", 1), ("alert_cooldown_until", "<f8", 1), ("learn_since", "<f4", 1)),
+    (("last_seen", "<u4", 1), ("steps", "<u2", 1), ("silence_until", "<u4", 1), ("cal_count", "<i2", 9),
+     ("cal_mean", "<f4", 9), ("cal_var", "<f4", 9), ("cal_peak", "<f4", 1), ("cal_held_mean", "<f2", 6),
+     ("cal_held_std", "<f2", 6), ("alert_state", "|i1", 1), ("alert_hits", "<u2", 1),
+     ("alert_below", "|u1", 1), ("alert_hold", "<f2", 1), ("alert_peak", "<f2", 1),
+     ("alert_started_at", "<f8", 1), ("alert_cooldown_until", "<f8", 1), ("learn_since", "<f4", 1)),
 )
 _DERIVED = {"c:alert_peak": "c:alert_hold"}  # a new field: the old field it starts from
+_ROUNDED_UP = frozenset({"c:alert_cooldown_until"})  # float time to whole seconds: the end of a wait
 
 
 def earlier_schemas(current: StateSchema) -> dict[int, StateSchema]:
@@ -71,7 +80,8 @@ class Upgrader:
         for name in dst.dtype.names or ():
             origin = name if name in names else _DERIVED.get(name)
             if origin in names:
-                dst[name] = _cast(src[origin], dst.dtype[name])
+                values = np.ceil(src[origin]) if name in _ROUNDED_UP else src[origin]
+                dst[name] = _cast(values, dst.dtype[name])
             else:
                 dst[name] = self._fills.get(name, 0)
         return dst.tobytes()

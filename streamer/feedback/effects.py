@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamer.feedback.messages import Feedback, Silence, Verdict
-from streamer.scoring.alert_policy import FIRING, IDLE, AlertPolicyConfig, alert_id
+from streamer.scoring.alert_policy import FIRING, IDLE, AlertPolicyConfig, alert_id, cooldown_end
 from streamer.scoring.calibration import CalibrationConfig
 from streamer.scoring.readings import AlertEvent
 from streamer.scoring.state_store import StateStore
@@ -109,7 +109,7 @@ class FeedbackEffects:
         ts = float(cols["last_ts"][slot])
         cols["alert_state"][slot] = IDLE
         cols["alert_below"][slot] = 0
-        cols["alert_cooldown_until"][slot] = ts + self.policy.cooldown_s
+        cols["alert_cooldown_until"][slot] = cooldown_end(ts, self.policy.cooldown_s)
         cols["cal_held_std"][slot] = np.nan  # the held normal ends with the episode
         return [AlertEvent(
             alert_id=alert_id(device_id, started), device_id=device_id, state="resolved",

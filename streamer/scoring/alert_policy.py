@@ -77,8 +77,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("alert_hold", np.float16),  # held alarm: exponential average of the alarm
     Column("alert_peak", np.float16),  # the largest alarm of the latest episode (a false positive undoes it)
     Column("alert_started_at", np.float64, fill=np.nan),
-    Column("alert_cooldown_until", np.float64, fill=-np.inf),
+    Column("alert_cooldown_until", np.uint32),  # event time, whole seconds rounded up (0: none)
 )
+_UINT32_MAX = float(np.iinfo(np.uint32).max)
+
+
+def cooldown_end(ts: np.ndarray | float, cooldown_s: float) -> np.ndarray:
+    """`alert_cooldown_until` of an episode closed at event time `ts`: whole seconds, rounded up (m,).
+
+    >>> cooldown_end(np.array([1000.25, 1000.0]), 600.0).tolist()
+    [1601, 1600]
+    """
+    return np.clip(np.ceil(np.asarray(ts, dtype=np.float64) + cooldown_s), 0.0, _UINT32_MAX).astype(np.uint32)
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ class AlertPolicy:
         cols["alert_peak"][slots] = np.where(opens, alarms, np.where(firing, np.maximum(peak, alarms), peak))
         cols["alert_started_at"][slots] = np.where(opens, ts, started)
         cols["alert_cooldown_until"][slots] = np.where(
-            closes, ts + cfg.cooldown_s, cols["alert_cooldown_until"][slots]
+            closes, cooldown_end(ts, cfg.cooldown_s), cols["alert_cooldown_until"][slots]
         )
         return Transitions(firing=new_state == FIRING, opened=np.flatnonzero(opens),
                            recovered=np.flatnonzero(recovers), accepted=np.flatnonzero(accepts))

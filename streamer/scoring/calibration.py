@@ -34,6 +34,10 @@ its resolution) far into the tail.
 - Out-of-range lift (score only): a reading the pipeline finds outside its device's running range
   (`evidence.range_excess_and_update`) scores at least `range_lift` at once, whatever its calibrated
   surprise, and the peak memory learns that lifted score.
+- Edge trigger (score only, last): a score at or above `FIRE_LEVEL` fires; another within `refractory`
+  readings of the latest fire fires only if it beats it by `refire`, and is otherwise published just
+  below the level (`_REPEAT_SCORE`). Each device remembers its latest fire's score and the readings
+  since (`cal_fired`, `cal_since`). The alarm is not touched.
 - Warm-up: a signal scores 0 until it has learned from `warmup` readings of its device, so a device's
   first `skip + warmup` readings get score 0 (no alert can fire); the very first `skip` readings,
   taken while the normaliser itself is still settling, do not teach the distribution.
@@ -66,6 +70,18 @@ class CalibrationConfig:
     peak_decay: float = 0.999  # per-reading decay of the remembered peak score
     damp: float = 0.5  # fraction taken off a score that does not beat the decayed peak
     range_lift: float = 0.5  # an out-of-range reading scores at least lift + (1 - lift) * its score
+    refractory: int = 3  # readings after a fire in which a repeat fires again only if it is worse ...
+    refire: float = 1.1  # ... by this factor; otherwise it is published just below FIRE_LEVEL
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.refractory < _SINCE_MAX or not self.refire >= 1.0:
+            raise ValueError(f"calibration refractory must be in [0, {_SINCE_MAX}) readings and refire >= 1 "
+                             f"(got {self.refractory}, {self.refire})")
+
+
+FIRE_LEVEL = 0.5  # a score at or above it fires: z_half sigma out (the alert policy's default open threshold)
+_REPEAT_SCORE = 0.499  # a repeat inside the refractory period is published as this (or its own, if lower)
+_SINCE_MAX = 255  # `cal_since` saturates here: "long ago"
 
 
 # the signals that say where the device is (not how it changed): what an open episode's alarm measures
@@ -85,6 +101,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("cal_mean", np.float32, width=SIGNALS),
     Column("cal_var", np.float32, width=SIGNALS, fill=1.0),
     Column("cal_peak", np.float32),
+    Column("cal_fired", np.float16),  # the published score of the device's latest fire
+    Column("cal_since", np.uint8, fill=_SINCE_MAX),  # scored readings since that fire (saturating)
     # the held normal of the state signals while an episode is open; std NaN: that signal not held
     # (not warmed up when the episode opened); all NaN: no held normal
     Column("cal_held_mean", np.float16, width=len(STATE_SIGNALS)),
@@ -106,6 +124,7 @@ class Calibrated:
     score: np.ndarray  # (m,) in [0, 1): the live surprise with onset emphasis (the published ranking)
     signal: np.ndarray  # (m,) int, the signal that gave the alarm its value
     remembered: np.ndarray  # (m,) what the peak memory learns: the ranked surprise, or the lifted score
+    fired: np.ndarray  # (m,) bool: the score fires (>= FIRE_LEVEL, not a repeat inside the refractory)
 
 
 class Calibrator:
@@ -154,6 +173,7 @@ class Calibrator:
             # whose calibration restarted (a model change) scores 0 until it has learned again
             scores = np.where(out_of_range, cfg.range_lift + (1.0 - cfg.range_lift) * scores, scores)
             remembered = np.where(out_of_range, np.maximum(ranked, scores), ranked)
+        scores, fired = self._refractory(store, slots, scores)
 
         holding = self.holding(store, slots)
         alarm, winner = live_alarm.copy(), signal.copy()
@@ -163,7 +183,20 @@ class Calibrator:
             k, held_alarm = self._most_surprising(self._z(held[holding][:, _STATE], h_mean,
                                                           np.maximum(h_std, cfg.min_std), np.isfinite(h_std)))
             alarm[holding], winner[holding] = held_alarm, _STATE[k]
-        return Calibrated(alarm, scores, winner, remembered)
+        return Calibrated(alarm, scores, winner, remembered, fired)
+
+    def _refractory(self, store: StateStore, slots: np.ndarray, scores: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Edge trigger: a score at or above FIRE_LEVEL within `refractory` readings of the device's
+        latest fire is a repeat unless it beats that fire by `refire`; a repeat is published just below
+        the level. (m,) -> the published scores (m,) and whether each fires (m,) bool."""
+        cfg = self.config
+        cols = store.cols
+        since = cols["cal_since"][slots].astype(np.int64) + 1  # (m,) counting this reading
+        latest = cols["cal_fired"][slots].astype(np.float64)  # (m,)
+        high = scores >= FIRE_LEVEL
+        repeat = high & (since <= cfg.refractory) & (scores <= latest * cfg.refire)
+        return np.where(repeat, np.minimum(scores, _REPEAT_SCORE), scores), high & ~repeat
 
     def _z(self, evidence: np.ndarray, mean: np.ndarray, std: np.ndarray, ready: np.ndarray) -> np.ndarray:
         """Surprise in sigma (m, k) of evidence (m, k) against distributions mean, std (m, k), capped at
@@ -188,6 +221,9 @@ class Calibrator:
         std = np.maximum(np.sqrt(var), cfg.min_std)
         peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay
         cols["cal_peak"][slots] = np.maximum(calibrated.remembered, peak)
+        since = np.minimum(cols["cal_since"][slots].astype(np.int64) + 1, _SINCE_MAX)
+        cols["cal_since"][slots] = np.where(calibrated.fired, 0, since)
+        cols["cal_fired"][slots] = np.where(calibrated.fired, calibrated.score, cols["cal_fired"][slots])
 
         known = np.isfinite(live)
         evidence = np.where(known, live, mean)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from streamer.scoring.alert_policy import FIRING, IDLE
-from streamer.scoring.calibration import STATE_SIGNALS
+from streamer.scoring.calibration import _REPEAT_SCORE, _SINCE_MAX, FIRE_LEVEL, STATE_SIGNALS
 from streamer.scoring.kernel.half import NAN_BITS, to_bits, to_float
 from streamer.scoring.kernel.jit import jit
 from streamer.scoring.kernel.slab import Params, Slab
@@ -27,6 +27,7 @@ _FORECAST = int(Signal.FORECAST)
 _HALF_MAX = 65504.0
 _F32_MAX = float(np.finfo(np.float32).max)
 _BELOW_MAX = 255
+_UINT32_MAX = 4294967295
 _COUNT_MAX = 32767
 
 
@@ -77,8 +78,9 @@ def held_surprise(slot: int, held: np.ndarray, s: Slab, p: Params) -> tuple[int,
 
 @jit
 def calibrate(slot: int, live: np.ndarray, held: np.ndarray, holding: bool, out_of_range: bool, s: Slab,
-              p: Params) -> tuple[float, float, int, float]:
-    """(score, alarm, winning signal, what the peak memory learns) of one device's evidence (SIGNALS,)."""
+              p: Params) -> tuple[float, float, int, float, bool]:
+    """(score, alarm, winning signal, what the peak memory learns, whether the score fires) of one device's
+    evidence (SIGNALS,)."""
     winner, alarm, ranked, any_ready = live_surprise(slot, live, s, p)
     peak = float(s.cal_peak[slot]) * p.peak_decay
     score = ranked if ranked > peak else ranked * (1.0 - p.damp)
@@ -86,9 +88,14 @@ def calibrate(slot: int, live: np.ndarray, held: np.ndarray, holding: bool, out_
     if out_of_range and any_ready:
         score = p.range_lift + (1.0 - p.range_lift) * score
         remembered = max(ranked, score)
+    fired = False
+    if score >= FIRE_LEVEL:  # `Calibrator._refractory`: a repeat soon after a fire must be worse
+        since = int(s.cal_since[slot]) + 1
+        fired = not (since <= p.refractory and score <= float(to_float(s.cal_fired[slot])) * p.refire)
+        score = score if fired else min(score, _REPEAT_SCORE)
     if holding:
         winner, alarm = held_surprise(slot, held, s, p)
-    return score, alarm, winner, remembered
+    return score, alarm, winner, remembered, fired
 
 
 @jit
@@ -113,7 +120,7 @@ def policy(slot: int, alarm: float, ts: float, s: Slab, p: Params) -> int:
     s.alert_peak[slot] = to_bits(alarm if opens else (max(peak, alarm) if state == FIRING else peak))
     s.alert_started_at[slot] = ts if opens else started
     if recovers or accepts:
-        s.alert_cooldown_until[slot] = ts + p.cooldown_s
+        s.alert_cooldown_until[slot] = min(max(math.ceil(ts + p.cooldown_s), 0), _UINT32_MAX)
     return OPENED if opens else (RECOVERED if recovers else (ACCEPTED if accepts else 0))
 
 
@@ -139,9 +146,14 @@ def hold(slot: int, s: Slab, p: Params) -> None:
 
 
 @jit
-def learn(slot: int, live: np.ndarray, remembered: float, s: Slab, p: Params) -> None:
-    """`Calibrator.learn`: fold the live evidence (SIGNALS,) in, and the score into the peak memory."""
+def learn(slot: int, live: np.ndarray, remembered: float, score: float, fired: bool, s: Slab,
+          p: Params) -> None:
+    """`Calibrator.learn`: fold the live evidence (SIGNALS,) in, the score into the peak memory, a fire
+    into the refractory's memory."""
     s.cal_peak[slot] = max(remembered, float(s.cal_peak[slot]) * p.peak_decay)
+    s.cal_since[slot] = 0 if fired else min(int(s.cal_since[slot]) + 1, _SINCE_MAX)
+    if fired:
+        s.cal_fired[slot] = to_bits(score)
     for q in range(SIGNALS):
         count = int(s.cal_count[slot, q])
         mean, var = float(s.cal_mean[slot, q]), float(s.cal_var[slot, q])

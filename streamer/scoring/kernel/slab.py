@@ -36,6 +36,8 @@ class Slab(NamedTuple):
     cal_mean: np.ndarray  # (D, SIGNALS) float32
     cal_var: np.ndarray  # (D, SIGNALS) float32
     cal_peak: np.ndarray  # (D,) float32
+    cal_fired: np.ndarray  # (D,) float16 bits
+    cal_since: np.ndarray  # (D,) uint8
     cal_held_mean: np.ndarray  # (D, STATE) float16 bits
     cal_held_std: np.ndarray  # (D, STATE) float16 bits
     alert_state: np.ndarray  # (D,) int8
@@ -44,7 +46,7 @@ class Slab(NamedTuple):
     alert_hold: np.ndarray  # (D,) float16 bits
     alert_peak: np.ndarray  # (D,) float16 bits
     alert_started_at: np.ndarray  # (D,) float64
-    alert_cooldown_until: np.ndarray  # (D,) float64
+    alert_cooldown_until: np.ndarray  # (D,) uint32, whole seconds
     hidden: np.ndarray  # (R, S) float16 bits
     norm_count: np.ndarray  # (R,) float32
     norm_mean: np.ndarray  # (R,) float64
@@ -64,7 +66,7 @@ class Slab(NamedTuple):
     relation: np.ndarray  # (cells,) float32
 
 
-_HALF_COLUMNS = frozenset({"cal_held_mean", "cal_held_std", "alert_hold", "alert_peak"})
+_HALF_COLUMNS = frozenset({"cal_held_mean", "cal_held_std", "cal_fired", "alert_hold", "alert_peak"})
 _HALF_ROWS = frozenset({"hidden", "day_profile", "range_low", "range_high"})
 
 
@@ -108,6 +110,8 @@ class Params(NamedTuple):
     peak_decay: float
     damp: float
     range_lift: float
+    refractory: int
+    refire: float
     open_threshold: float
     close_threshold: float
     confirm_m: int
@@ -125,7 +129,7 @@ def params_of(config: PipelineConfig, normaliser: NormaliserConfig) -> Params:
         normaliser.alpha, normaliser.rel_floor, normaliser.abs_floor, normaliser.day_weight,
         normaliser.level_beta, normaliser.settle,
         cal.alpha, cal.warmup, cal.skip, cal.protect_z, cal.z_half, cal.z_max, cal.min_std, cal.peak_decay,
-        cal.damp, cal.range_lift,
+        cal.damp, cal.range_lift, cal.refractory, cal.refire,
         pol.open_threshold, pol.close_threshold, pol.confirm_m, (1 << pol.confirm_n) - 1, pol.resolve_after,
         pol.hold_beta, pol.max_episode_s, pol.cooldown_s,
     )

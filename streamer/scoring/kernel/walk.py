@@ -191,13 +191,13 @@ def reading(slot: int, i: int, ts: float, x: np.ndarray, offset: int, s: Slab, p
     if holding:
         held_table(r0, c, first, s, sc)
         per_device(sc.held, c, run, joint, sc.held_dev)
-    score, alarm, winner, remembered = decide.calibrate(slot, sc.live_dev, sc.held_dev, holding,
-                                                        excess > p.range_margin, s, p)
+    score, alarm, winner, remembered, fired = decide.calibrate(slot, sc.live_dev, sc.held_dev, holding,
+                                                               excess > p.range_margin, s, p)
     code = decide.policy(slot, alarm, ts, s, p)
     if code == decide.OPENED and mature:
         hold_rows(r0, c, s, sc)
         decide.hold(slot, s, p)
-    decide.learn(slot, sc.live_dev, remembered, s, p)
+    decide.learn(slot, sc.live_dev, remembered, score, fired, s, p)
     if code == decide.RECOVERED or code == decide.ACCEPTED:
         decide.release(slot, s)
     write(i, c, score, alarm, winner, code, s.alert_state[slot] == FIRING, s.alert_started_at[slot], sc, out)
