@@ -455,10 +455,10 @@ def test_a_partition_that_goes_back_in_offsets_forgets_its_device_offsets():
 
 
 # ---- a state record of an earlier release --------------------------------------------------------------
-def test_a_state_record_of_the_previous_release_is_upgraded_not_reset():
-    """tests/data/state_record_883a5ee.hex was written by commit 883a5ee (before silences, the episode peak,
-    whole-second last_seen and 16-bit M-of-N hits): restored today, it keeps its calibration and alert
-    state instead of starting afresh."""
+def _restore_fixture(rev: str) -> tuple[dict[str, np.ndarray], int, dict[str, Any], Any, Any]:
+    """Restore tests/data/state_record_<rev>.hex (written by that commit) through the upgrader into a fresh
+    pipeline: (its store's columns, the device's slot, the values the fixture recorded, the record, the
+    pipeline)."""
     import json
     from pathlib import Path
 
@@ -467,8 +467,8 @@ def test_a_state_record_of_the_previous_release_is_upgraded_not_reset():
     from streamer.checkpoint.state_schema import StateSchema
 
     data = Path(__file__).parent / "data"
-    record = decode_state(bytes.fromhex((data / "state_record_883a5ee.hex").read_text().strip()))
-    expect = json.loads((data / "state_record_883a5ee.json").read_text())
+    record = decode_state(bytes.fromhex((data / f"state_record_{rev}.hex").read_text().strip()))
+    expect = json.loads((data / f"state_record_{rev}.json").read_text())
     pipe = build_pipeline(None, "cpu")
     schema = StateSchema.of(pipe.store)
     assert not record.payload_known(schema), "the old layout differs from today's"
@@ -476,7 +476,14 @@ def test_a_state_record_of_the_previous_release_is_upgraded_not_reset():
     (upgraded,) = upgrader.upgrade([record])
     slots, known = install_states(pipe.store, [upgraded], schema)
     assert known.all() and upgrader.upgraded == 1
-    cols, slot = pipe.store.cols, int(slots[0])
+    return pipe.store.cols, int(slots[0]), expect, record, pipe
+
+
+def test_a_state_record_of_the_previous_release_is_upgraded_not_reset():
+    """tests/data/state_record_883a5ee.hex was written by commit 883a5ee (before silences, the episode peak,
+    whole-second last_seen and 16-bit M-of-N hits): restored today, it keeps its calibration and alert
+    state instead of starting afresh."""
+    cols, slot, expect, record, pipe = _restore_fixture("883a5ee")
     assert np.allclose(cols["cal_mean"][slot], expect["cal_mean"]) and np.allclose(cols["cal_var"][slot],
                                                                                    expect["cal_var"])
     assert cols["alert_state"][slot] == expect["alert_state"] == 1  # an open episode carries on
@@ -491,24 +498,7 @@ def test_a_state_record_from_before_the_refractory_is_upgraded_with_its_cooldown
     """tests/data/state_record_46e4646.hex was written by commit 46e4646 (cooldown as float64 seconds, no
     refractory memory): restored today it keeps its episode, calibration and cooldown, and remembers
     no fire."""
-    import json
-    from pathlib import Path
-
-    from streamer.checkpoint.migrate import Upgrader
-    from streamer.checkpoint.state_codec import decode_state, install_states
-    from streamer.checkpoint.state_schema import StateSchema
-
-    data = Path(__file__).parent / "data"
-    record = decode_state(bytes.fromhex((data / "state_record_46e4646.hex").read_text().strip()))
-    expect = json.loads((data / "state_record_46e4646.json").read_text())
-    pipe = build_pipeline(None, "cpu")
-    schema = StateSchema.of(pipe.store)
-    assert not record.payload_known(schema), "the old layout differs from today's"
-    upgrader = Upgrader(pipe.store, schema)
-    (upgraded,) = upgrader.upgrade([record])
-    slots, known = install_states(pipe.store, [upgraded], schema)
-    assert known.all() and upgrader.upgraded == 1
-    cols, slot = pipe.store.cols, int(slots[0])
+    cols, slot, expect, record, pipe = _restore_fixture("46e4646")
     assert np.allclose(cols["cal_mean"][slot], expect["cal_mean"]) and np.allclose(cols["cal_var"][slot],
                                                                                    expect["cal_var"])
     assert cols["cal_peak"][slot] == pytest.approx(expect["cal_peak"])
