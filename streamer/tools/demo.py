@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"daemon      : rnnwatch serve (pid {daemon.pid}), log in {args.workdir / 'serve.log'}")
             print(f"metrics     : http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz)")
-            _wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", daemon, timeout_s=90)
+            print("              (its first start on a machine compiles the scoring kernel: about a minute)")
+            _wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", daemon, timeout_s=300)
             watcher = AlertWatcher(bootstrap, "sensor.alerts", fleet, period_s=60.0)
             watcher.start()
             print(f"simulator   : {args.devices} devices x {args.channels} channels, "
