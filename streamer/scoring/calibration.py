@@ -36,7 +36,7 @@ its resolution) far into the tail.
   surprise, and the peak memory learns that lifted score.
 - Edge trigger (score only, last): a score at or above `FIRE_LEVEL` fires; another within `refractory`
   readings of the latest fire fires only if it beats it by `refire`, and is otherwise published just
-  below the level (`_REPEAT_SCORE`). Each device remembers its latest fire's score and the readings
+  below the level (`REPEAT_SCORE`). Each device remembers its latest fire's score and the readings
   since (`cal_fired`, `cal_since`). The alarm is not touched.
 - Warm-up: a signal scores 0 until it has learned from `warmup` readings of its device, so a device's
   first `skip + warmup` readings get score 0 (no alert can fire); the very first `skip` readings,
@@ -74,14 +74,14 @@ class CalibrationConfig:
     refire: float = 1.1  # ... by this factor; otherwise it is published just below FIRE_LEVEL
 
     def __post_init__(self) -> None:
-        if not 0 <= self.refractory < _SINCE_MAX or not self.refire >= 1.0:
-            raise ValueError(f"calibration refractory must be in [0, {_SINCE_MAX}) readings and refire >= 1 "
+        if not 0 <= self.refractory < SINCE_MAX or not self.refire >= 1.0:
+            raise ValueError(f"calibration refractory must be in [0, {SINCE_MAX}) readings and refire >= 1 "
                              f"(got {self.refractory}, {self.refire})")
 
 
 FIRE_LEVEL = 0.5  # a score at or above it fires: z_half sigma out (the alert policy's default open threshold)
-_REPEAT_SCORE = 0.499  # a repeat inside the refractory period is published as this (or its own, if lower)
-_SINCE_MAX = 255  # `cal_since` saturates here: "long ago"
+REPEAT_SCORE = 0.499  # a repeat inside the refractory period is published as this (or its own, if lower)
+SINCE_MAX = 255  # `cal_since` saturates here: "long ago"
 
 
 # the signals that say where the device is (not how it changed): what an open episode's alarm measures
@@ -102,7 +102,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("cal_var", np.float32, width=SIGNALS, fill=1.0),
     Column("cal_peak", np.float32),
     Column("cal_fired", np.float16),  # the published score of the device's latest fire
-    Column("cal_since", np.uint8, fill=_SINCE_MAX),  # scored readings since that fire (saturating)
+    Column("cal_since", np.uint8, fill=SINCE_MAX),  # scored readings since that fire (saturating)
     # the held normal of the state signals while an episode is open; std NaN: that signal not held
     # (not warmed up when the episode opened); all NaN: no held normal
     Column("cal_held_mean", np.float16, width=len(STATE_SIGNALS)),
@@ -196,7 +196,7 @@ class Calibrator:
         latest = cols["cal_fired"][slots].astype(np.float64)  # (m,)
         high = scores >= FIRE_LEVEL
         repeat = high & (since <= cfg.refractory) & (scores <= latest * cfg.refire)
-        return np.where(repeat, np.minimum(scores, _REPEAT_SCORE), scores), high & ~repeat
+        return np.where(repeat, np.minimum(scores, REPEAT_SCORE), scores), high & ~repeat
 
     def _z(self, evidence: np.ndarray, mean: np.ndarray, std: np.ndarray, ready: np.ndarray) -> np.ndarray:
         """Surprise in sigma (m, k) of evidence (m, k) against distributions mean, std (m, k), capped at
@@ -221,7 +221,7 @@ class Calibrator:
         std = np.maximum(np.sqrt(var), cfg.min_std)
         peak = cols["cal_peak"][slots].astype(np.float64) * cfg.peak_decay
         cols["cal_peak"][slots] = np.maximum(calibrated.remembered, peak)
-        since = np.minimum(cols["cal_since"][slots].astype(np.int64) + 1, _SINCE_MAX)
+        since = np.minimum(cols["cal_since"][slots].astype(np.int64) + 1, SINCE_MAX)
         cols["cal_since"][slots] = np.where(calibrated.fired, 0, since)
         cols["cal_fired"][slots] = np.where(calibrated.fired, calibrated.score, cols["cal_fired"][slots])
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from streamer.scoring.alert_policy import FIRING, IDLE
-from streamer.scoring.calibration import _REPEAT_SCORE, _SINCE_MAX, FIRE_LEVEL, STATE_SIGNALS
+from streamer.scoring.calibration import FIRE_LEVEL, REPEAT_SCORE, SINCE_MAX, STATE_SIGNALS
 from streamer.scoring.kernel.half import NAN_BITS, to_bits, to_float
 from streamer.scoring.kernel.jit import jit
 from streamer.scoring.kernel.slab import Params, Slab
@@ -92,7 +92,7 @@ def calibrate(slot: int, live: np.ndarray, held: np.ndarray, holding: bool, out_
     if score >= FIRE_LEVEL:  # `Calibrator._refractory`: a repeat soon after a fire must be worse
         since = int(s.cal_since[slot]) + 1
         fired = not (since <= p.refractory and score <= float(to_float(s.cal_fired[slot])) * p.refire)
-        score = score if fired else min(score, _REPEAT_SCORE)
+        score = score if fired else min(score, REPEAT_SCORE)
     if holding:
         winner, alarm = held_surprise(slot, held, s, p)
     return score, alarm, winner, remembered, fired
@@ -151,7 +151,7 @@ def learn(slot: int, live: np.ndarray, remembered: float, score: float, fired: b
     """`Calibrator.learn`: fold the live evidence (SIGNALS,) in, the score into the peak memory, a fire
     into the refractory's memory."""
     s.cal_peak[slot] = max(remembered, float(s.cal_peak[slot]) * p.peak_decay)
-    s.cal_since[slot] = 0 if fired else min(int(s.cal_since[slot]) + 1, _SINCE_MAX)
+    s.cal_since[slot] = 0 if fired else min(int(s.cal_since[slot]) + 1, SINCE_MAX)
     if fired:
         s.cal_fired[slot] = to_bits(score)
     for q in range(SIGNALS):
