@@ -210,14 +210,12 @@ def _raw_consume_decode(settings: Any, expected: int, group: str, pure_python_cr
 def _scoring_core(settings: Any, records: list[Any]) -> float:
     """Readings/s of `ScoringPipeline.score` alone on the decoded records, in the daemon's batch size."""
     from streamer.ingest.codec import ReadingDecoder
-    from streamer.scoring.factory import build_pipeline
-    from streamer.scoring.pipeline import PipelineConfig
+    from streamer.tools.serve_cmd import live_pipeline
 
     decoder = ReadingDecoder(settings.codec_limits)
     step = settings.max_poll_records
     batches = [decoder.decode(records[i:i + step]).batch for i in range(0, len(records), step)]
-    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path),
-                              cpu_threads=settings.torch_threads)
+    pipeline = live_pipeline(settings)
     started = time.perf_counter()
     for batch in batches:
         pipeline.score(batch)
@@ -253,9 +251,8 @@ class _TimedConsumer:
 
 
 def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
-    from streamer.scoring.factory import build_pipeline
-    from streamer.scoring.pipeline import PipelineConfig
     from streamer.service.clients import make_consumer
+    from streamer.tools.serve_cmd import live_pipeline
 
     timed: list[_TimedConsumer] = []
 
@@ -263,8 +260,7 @@ def _daemon_throughput(settings: Any, expected: int) -> dict[str, Any]:
         timed.append(_TimedConsumer(make_consumer(settings)))
         return timed[-1]
 
-    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path),
-                              cpu_threads=settings.torch_threads)
+    pipeline = live_pipeline(settings)
     with RunningDaemon(settings, pipeline, factory) as daemon:
         wait_until(lambda: daemon.accounting.totals["consumed"] >= expected, 600, "the daemon to read it")
         batches = daemon.accounting.totals["batches"]

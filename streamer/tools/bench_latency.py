@@ -19,12 +19,10 @@ from streamer.tools.bench_e2e import RunningDaemon, read_all, wait_until
 
 def alert_latency(settings: Any, rate: float, seconds: float, devices: int, channels: int) -> dict[str, Any]:
     from streamer.kafka.admin import TopicSpec, ensure_topics
-    from streamer.scoring.factory import build_pipeline
-    from streamer.scoring.pipeline import PipelineConfig
+    from streamer.tools.serve_cmd import live_pipeline
 
     ensure_topics(settings.kafka, [TopicSpec(settings.readings_topic, settings.topic_partitions)])
-    pipeline = build_pipeline(settings.model, settings.device, PipelineConfig(path=settings.scoring_path),
-                              cpu_threads=settings.torch_threads)
+    pipeline = live_pipeline(settings)
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Queue()
     with RunningDaemon(settings, pipeline) as daemon:

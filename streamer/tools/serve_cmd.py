@@ -11,7 +11,10 @@ import logging
 import os
 import signal
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
 
 log = logging.getLogger("rnnwatch.serve")
 
@@ -41,18 +44,32 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
+def pipeline_config(settings: Any) -> PipelineConfig:
+    """The scoring settings the daemon runs with (the benchmarks measure the same)."""
+    from streamer.scoring.pipeline import PipelineConfig
+
+    return PipelineConfig(rebase_after=settings.clock_rebase_after, reshape_after=settings.reshape_after,
+                          path=settings.scoring_path)
+
+
+def live_pipeline(settings: Any) -> ScoringPipeline:
+    """The daemon's live pipeline: its model, device, scoring settings and CPU threads."""
+    from streamer.scoring.factory import build_pipeline
+
+    return build_pipeline(settings.model, settings.device, pipeline_config(settings),
+                          cpu_threads=settings.torch_threads)
+
+
 def _serve(settings: Any) -> int:
     from streamer.scoring.factory import build_pipeline
-    from streamer.scoring.pipeline import PipelineConfig, ScoringPipeline
     from streamer.scoring.shadow import ShadowedPipeline
     from streamer.service.daemon import Daemon
 
-    config = PipelineConfig(rebase_after=settings.clock_rebase_after, reshape_after=settings.reshape_after,
-                            path=settings.scoring_path)
-    live = build_pipeline(settings.model, settings.device, config, cpu_threads=settings.torch_threads)
+    live = live_pipeline(settings)
     pipeline: ScoringPipeline | ShadowedPipeline = live
     if settings.shadow_model:
-        shadow = build_pipeline(settings.shadow_model, settings.device, config, cpu_threads=None)
+        shadow = build_pipeline(settings.shadow_model, settings.device, pipeline_config(settings),
+                                cpu_threads=None)
         log.info("shadow model %s scores beside %s; its alerts go to %s", shadow.model_version,
                  live.model_version, settings.shadow_alerts_topic)
         pipeline = ShadowedPipeline(live, shadow)
