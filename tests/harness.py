@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,13 +56,13 @@ def running_daemon(settings: Settings, pipeline: Any = None, *, ready_within_s: 
     try:
         if ready_within_s is not None:
             wait_for(lambda: daemon.readiness()[0] or bool(errors), ready_within_s, "daemon ready")
-            assert not errors, errors
+            assert not errors, _traced(errors)
         yield daemon
     finally:
         daemon.stop()
         thread.join(stop_within_s)
         assert not thread.is_alive(), f"daemon did not stop within {stop_within_s} s (hung)"
-        assert not errors, errors
+        assert not errors, _traced(errors)
 
 
 def exposition(port: int, accept: str | None = None, host: str = "127.0.0.1") -> str:
@@ -89,3 +90,8 @@ def ready(port: int, host: str = "127.0.0.1") -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def _traced(errors: list[BaseException]) -> str:
+    """What the daemon thread raised, with where it raised it."""
+    return "\n".join("".join(traceback.format_exception(exc)) for exc in errors)
