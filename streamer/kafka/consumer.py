@@ -9,13 +9,22 @@ kafka-python 3 runs the group coordinator on its own IO thread; a synchronous li
 back into the consumer there would fail ("Cannot block on net.run() from the IO thread itself"),
 hence the `AsyncConsumerRebalanceListener`. A hook may return an awaitable (an `async def` hook):
 the listener awaits it, so the hook can yield to the IO loop while blocking work runs elsewhere.
+
+A broker that goes away is something `poll` lives through: kafka-python retries inside it, but a
+metadata refresh or offset lookup can still raise a *retriable* error (`KafkaConnectionError`
+"ECONNREFUSED" while the broker restarts). `poll` then logs it (at most every `OUTAGE_LOG_EVERY_S`)
+and returns nothing, so the loop goes on turning (liveness, metrics, readiness say the broker is not
+answering) and fetches again next turn. Non-retriable errors (a closed consumer, bad configuration,
+authorisation) still raise.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +33,8 @@ from streamer.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
+OUTAGE_LOG_EVERY_S = 30.0  # a broker outage is logged when it starts, then at most this often
+OUTAGE_PAUSE_MS = 200  # a poll that failed waits this long (at most its timeout) before returning
 PartitionsHook = Callable[[frozenset[Any]], Any]  # takes a set of TopicPartition; may return an awaitable
 
 
@@ -60,6 +71,8 @@ class GroupConsumer:
         self._assigned: frozenset[Any] = frozenset()
         self._committed: dict[Any, int] = {}
         self.rebalances = 0
+        self.outage_polls = 0  # polls that a retriable broker error turned into empty ones
+        self._outage_logged_at = -math.inf
         outer = self
 
         class Listener(AsyncConsumerRebalanceListener):
@@ -108,7 +121,17 @@ class GroupConsumer:
         self._consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
 
     def poll(self, timeout_ms: int, max_records: int) -> Polled:
-        by_partition = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        """At most `max_records` records; none (after logging why) when the broker is not reachable."""
+        from kafka.errors import KafkaError
+
+        try:
+            by_partition = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            self._outage(exc)
+            time.sleep(min(timeout_ms, OUTAGE_PAUSE_MS) / 1000)  # an error that comes at once must not spin
+            return Polled([])
         records: list[Any] = []
         offsets: dict[Any, int] = {}
         for tp, batch in by_partition.items():
@@ -116,6 +139,15 @@ class GroupConsumer:
                 records.extend(batch)
                 offsets[tp] = batch[-1].offset + 1
         return Polled(records, offsets)
+
+    def _outage(self, exc: Exception) -> None:
+        self.outage_polls += 1
+        now = time.monotonic()
+        if now - self._outage_logged_at >= OUTAGE_LOG_EVERY_S:
+            self._outage_logged_at = now
+            log.warning("poll of %s: the broker is not answering (%s: %s); polling again. If this lasts, "
+                        "check that KAFKA_BOOTSTRAP_SERVERS is reachable", self.topic, type(exc).__name__,
+                        exc, extra={"event": "broker_unreachable", "polls": self.outage_polls})
 
     def commit(self, offsets: dict[Any, int], timeout_ms: int = 30_000) -> None:
         """Commit {TopicPartition: next offset}; `CommitError` when the group did not take it."""
