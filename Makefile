@@ -48,9 +48,11 @@ bench: install ## scoring, kernel vs torch waves, over batch shapes: one JSON ob
 model: install ## retrain the shipped default model (seeded, synthetic data only)
 	$(BIN)/rnnwatch train --synthetic --seed 7 --threads 2 --output model/default
 
-evaluate: install ## NAB into out/nab and Tennessee Eastman (rnnwatch vs PCA) into out/tep, from ../shared/datasets
+evaluate: install ## NAB into out/nab, Tennessee Eastman (rnnwatch vs PCA) into out/tep, simulated fleets into out/fleet
 	$(BIN)/rnnwatch evaluate nab --nab-dir ../shared/datasets/nab --output-dir out/nab
 	$(BIN)/rnnwatch evaluate tep --tep-dir ../shared/datasets/tep --output-dir out/tep
+	$(BIN)/rnnwatch evaluate fleet --output-dir out/fleet/first-day
+	$(BIN)/rnnwatch evaluate fleet --history-steps 4320 --output-dir out/fleet/three-days
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis out

@@ -202,89 +202,14 @@ EPISODES_PER_FAULT_MAX = 1.5
 FALSE_ALERTS_PER_DEVICE_DAY_MAX = 0.5  # firing episodes on fault-free devices
 COVERED_MIN = 0.6  # mean share of a fault's duration with its device's alert open (seed 11: 0.78)
 # per kind (seed 11): spike 1.00, noise burst 0.99, stuck 0.88 (the repeat grace), level shift 0.71 (a
-# device younger than a day holds no normal), drift 0.00 (no signal sees a slow ramp under a daily cycle)
+# device younger than a day holds no normal), drift 0.00 (no signal sees a slow ramp under a daily cycle
+# on a first-day device); devices with history: tests/test_fleet_quality.py
 COVERED_BY_KIND_MIN = {"spike": 0.8, "noise_burst": 0.8, "stuck": 0.8}
-
-
-def alert_quality(fleet: Any, alerts: list[dict[str, Any]], grace_steps: int = 10) -> dict[str, Any]:
-    """Recall of injected faults, alert episodes per fault, false alerts on fault-free devices.
-
-    A fault is detected when its device fires between the fault's start and `grace_steps` readings
-    after its end; the episodes counted for it are the firings in that window.
-    """
-    period = float(fleet.ts[1] - fleet.ts[0])
-    firing: dict[str, list[float]] = {}
-    for alert in alerts:
-        if alert["state"] == "firing":
-            firing.setdefault(alert["device_id"], []).append(alert["ts"])
-    detected = episodes = 0
-    explained: set[tuple[str, float]] = set()
-    for fault in fleet.faults:
-        last = fault.end_ts + grace_steps * period
-        hits = [t for t in firing.get(fault.device_id, ()) if fault.start_ts <= t <= last]
-        detected += bool(hits)
-        episodes += len(hits)
-        explained.update((fault.device_id, t) for t in hits)
-    coverage = [_covered(fault, _open_spans(alerts, fault.device_id, float(fleet.ts[-1]) + period), period)
-                for fault in fleet.faults]
-    free = set(fleet.fault_free_devices)
-    days = float(fleet.ts[-1] - fleet.ts[0] + period) / 86_400.0
-    false_free = sum(len(ts) for device, ts in firing.items() if device in free)
-    unexplained = sum(1 for device, ts in firing.items() if device not in free for t in ts
-                      if (device, t) not in explained)
-    n_faults = max(len(fleet.faults), 1)
-    return {
-        "faults": len(fleet.faults),
-        "recall": detected / n_faults,
-        "episodes_per_fault": episodes / n_faults,
-        "fault_duration_covered": sum(coverage) / n_faults,  # mean share of each fault with an open alert
-        "covered_by_kind": {kind: round(float(np.mean([c for f, c in zip(fleet.faults, coverage, strict=True)
-                                                       if f.kind == kind])), 3)
-                            for kind in sorted({f.kind for f in fleet.faults})},
-        "false_alerts_fault_free": false_free,
-        "fault_free_devices": len(free),
-        "false_alerts_per_fault_free_device_day": false_free / max(len(free) * days, 1e-9),
-        "unexplained_alerts_on_faulty_devices": unexplained,
-        "alerts": len(alerts),
-    }
-
-
-def _open_spans(alerts: list[dict[str, Any]], device_id: str, end: float) -> list[tuple[float, float]]:
-    """[start, end) event-time spans in which the device's alert was open (one still open runs to `end`)."""
-    spans, opened = [], None
-    for alert in sorted((a for a in alerts if a["device_id"] == device_id), key=lambda a: a["ts"]):
-        if alert["state"] == "firing":
-            opened = alert["ts"]
-        elif opened is not None:
-            spans.append((opened, alert["ts"]))
-            opened = None
-    return [*spans, (opened, end)] if opened is not None else spans
-
-
-def _covered(fault: Any, spans: list[tuple[float, float]], period: float) -> float:
-    """Share of the fault's duration inside the open spans. A fault lasts from its first affected
-    sample to one period after its last (`end_ts` is that sample's timestamp), so a one-sample spike
-    lasts one period and is covered when its own reading alerts."""
-    end = fault.end_ts + period
-    return sum(max(0.0, min(b, end) - max(a, fault.start_ts)) for a, b in spans) / (end - fault.start_ts)
-
-
-def replay_events(fleet: Any, pipeline: Any) -> list[tuple[str, str, float]]:
-    """(alert_id, state, ts) of the alerts the pipeline raises on the fleet, fed directly in big batches."""
-    from streamer.ingest.codec import ReadingDecoder
-    from streamer.ingest.dead_letter import RawRecord
-    from streamer.tools.simulate import reading_messages
-
-    messages = enumerate(reading_messages(fleet))
-    records = [RawRecord("direct", 0, i, key, value) for i, (key, value, _) in messages]
-    decoder, events = ReadingDecoder(), []
-    for start in range(0, len(records), 20_000):
-        events += pipeline.score(decoder.decode(records[start:start + 20_000]).batch).events
-    return [(e.alert_id, e.state, e.ts) for e in events]
 
 
 def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique_topic_name,
                                                          pipeline_factory):
+    from streamer.tools.fleet_quality import alert_quality, replay_alerts
     from streamer.tools.simulate import generate_fleet, reading_messages
 
     fleet = generate_fleet(n_devices=60, n_steps=1440, seed=11)
@@ -295,8 +220,9 @@ def test_simulated_fleet_alerts_find_the_injected_faults(kafka_bootstrap, unique
         wait_for(lambda: daemon.accounting.totals["consumed"] >= len(messages), 120, "the fleet consumed")
     alerts = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, settings.alerts_topic)]
     # The daemon (two partitions, its own batching, Kafka in between) alerts exactly like a direct replay.
-    direct = replay_events(fleet, pipeline_factory())
-    assert sorted((a["alert_id"], a["state"], a["ts"]) for a in alerts) == sorted(direct)
+    direct = replay_alerts(fleet, pipeline_factory())
+    assert sorted((a["alert_id"], a["state"], a["ts"]) for a in alerts) == \
+        sorted((a["alert_id"], a["state"], a["ts"]) for a in direct)
     quality = alert_quality(fleet, alerts)
     print(f"\nfleet alert quality: {quality}")
     assert quality["recall"] >= RECALL_MIN, quality

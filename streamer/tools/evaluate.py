@@ -1,4 +1,5 @@
-"""`rnnwatch evaluate nab|tep`: labelled benchmarks through `rnnwatch replay` (TEP: `evaluate_tep`).
+"""`rnnwatch evaluate nab|tep|fleet`: labelled benchmarks through the daemon's scoring pipeline (TEP:
+`evaluate_tep`; simulated fleets: `fleet_quality`).
 
 `rnnwatch evaluate nab --nab-dir DIR --output-dir OUT`: the NAB benchmark.
 
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from streamer.errors import ConfigError
 from streamer.scoring.kernel import PATHS
-from streamer.tools import evaluate_tep
+from streamer.tools import evaluate_tep, fleet_quality
 from streamer.tools.replay import Series, SeriesResult, read_series, replay, write_result
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     nab.add_argument("--no-plots", action="store_true", help="skip the PNGs (they need rnnwatch[plots])")
     nab.set_defaults(func=run_nab)
     evaluate_tep.register(bench)
+    fleet_quality.register(bench)
 
 
 def run_nab(args: argparse.Namespace) -> int:

@@ -12,7 +12,10 @@ kinds, on one or more channels, after a warm-up fifth of the series that stays c
     noise_burst  extra noise of 3-6 sigmas
 
 Faults come from their own random stream, so outside the fault windows a faulty fleet equals the
-fault-free fleet of the same seed, sample for sample.
+fault-free fleet of the same seed, sample for sample. `history_steps` puts that many clean readings
+before the faulty span (a fleet that has been running before the faults, as in production: devices
+past their first day hold their normal during an episode, see `alert_policy`); the faults fall in the
+last `n_steps` readings, in the same places relative to that span as without history.
 
 >>> fleet = generate_fleet(n_devices=20, n_steps=200, seed=1)
 >>> fleet.values.shape, len(fleet.faults) >= 6, fleet.faults[0].kind in FAULT_KINDS
@@ -74,22 +77,28 @@ def generate_fleet(
     seed: int = 0,
     fault_fraction: float = 0.3,
     start_ts: float = DEFAULT_START_TS,
+    history_steps: int = 0,
 ) -> Fleet:
     """A deterministic fleet for `seed`: the same arguments give the same arrays and faults."""
     if n_devices < 1 or n_channels < 1 or period_s <= 0 or not 0.0 <= fault_fraction <= 1.0:
         raise ValueError("need n_devices >= 1, n_channels >= 1, period_s > 0 and 0 <= fault_fraction <= 1")
+    if history_steps < 0:
+        raise ValueError(f"history_steps must be >= 0, got {history_steps}")
     if n_steps < 10:
         raise ValueError(f"n_steps must be >= 10 (warm-up plus fault windows), got {n_steps}")
     signal_seed, fault_seed = np.random.SeedSequence(seed).spawn(2)
-    ts = start_ts + period_s * np.arange(n_steps, dtype=np.float64)  # (t,)
+    ts = start_ts + period_s * np.arange(history_steps + n_steps, dtype=np.float64)  # (t,)
     values, sigma = _clean_signal(np.random.default_rng(signal_seed), n_devices, n_channels, ts)
     width = max(4, len(str(n_devices - 1)))
     device_ids = tuple(f"dev-{i:0{width}d}" for i in range(n_devices))
     channels = tuple(f"c{j:0{len(str(n_channels - 1))}d}" for j in range(n_channels))
-    labels = np.zeros((n_devices, n_steps), dtype=bool)
-    faults = _inject_faults(np.random.default_rng(fault_seed), values, sigma, labels, fault_fraction)
+    labels = np.zeros((n_devices, ts.shape[0]), dtype=bool)
+    h = history_steps
+    faults = _inject_faults(np.random.default_rng(fault_seed), values[:, h:], sigma, labels[:, h:],
+                            fault_fraction)  # views: the faulty span is modified in place
     records = tuple(sorted(
-        (FaultRecord(device_ids[d], kind, tuple(channels[j] for j in chans), float(ts[a]), float(ts[b - 1]))
+        (FaultRecord(device_ids[d], kind, tuple(channels[j] for j in chans), float(ts[h + a]),
+                     float(ts[h + b - 1]))
          for d, kind, chans, a, b in faults),
         key=lambda f: (f.start_ts, f.device_id),
     ))
@@ -264,6 +273,8 @@ def register(subparsers: Any) -> None:
     add("--rate", type=float, default=0.0, help="readings per second of wall time; 0: as fast as possible")
     add("--seed", type=int, default=0)
     add("--fault-fraction", type=float, default=0.3, help="share of devices with injected faults")
+    add("--history-steps", type=int, default=0,
+        help="clean readings per device before the --steps with faults (1440: a day at 60 s)")
     add("--truth", type=Path, default=None, help="write the ground truth (JSON) to this file")
     add("--batch-form", action="store_true", help="send batch-form messages ({device_id, readings: [...]})")
     add("--batch-readings", type=int, default=10, help="readings per batch-form message (default 10)")
@@ -277,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
     from streamer.kafka.client_config import KafkaClientSettings, producer_kwargs, producer_throughput_kwargs
 
     params = {"seed": args.seed, "n_channels": args.channels, "n_steps": args.steps,
-              "period_s": args.period_s, "start_ts": args.start_ts, "fault_fraction": args.fault_fraction}
+              "period_s": args.period_s, "start_ts": args.start_ts, "fault_fraction": args.fault_fraction,
+              "history_steps": args.history_steps}
     fleet = generate_fleet(n_devices=args.devices, **params)
     if args.truth is not None:
         args.truth.parent.mkdir(parents=True, exist_ok=True)
