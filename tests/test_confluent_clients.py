@@ -115,7 +115,7 @@ def test_revoked_hook_may_be_async_and_is_awaited_before_unassign():
 
     group = consumer_with(fake, on_revoked=on_revoked)
     fake.assignment = [confluent_kafka.TopicPartition("readings", 0)]
-    group._assigned = frozenset({TopicPartition("readings", 0)})
+    group.book.change(frozenset({TopicPartition("readings", 0)}))
     fake.rebalance = ("revoke", list(fake.assignment))
     group.poll(10, 100)
     assert done == ["checkpointed"] and group.assigned == frozenset() and fake.assignment == []
@@ -214,7 +214,7 @@ def test_a_commit_from_the_revoke_checkpoints_worker_runs_on_the_polling_thread(
 
     group = consumer_with(fake, on_revoked=on_revoked)
     fake.assignment = [confluent_kafka.TopicPartition("readings", 0)]
-    group._assigned = frozenset({TopicPartition("readings", 0)})
+    group.book.change(frozenset({TopicPartition("readings", 0)}))
     fake.rebalance = ("revoke", list(fake.assignment))
     group.poll(10, 100)
     assert fake.committed == [(0, 9)] and committing_threads == [threading.get_ident()]

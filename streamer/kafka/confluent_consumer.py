@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamer.ingest.dead_letter import RawRecord
-from streamer.kafka.consumer import CommitError, PartitionsHook, Polled
+from streamer.kafka.consumer import Assignment, CommitError, PartitionsHook, Polled
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,8 @@ class ConfluentGroupConsumer:
         on_revoked: PartitionsHook | None = None,
     ) -> None:
         self.topic = topic
-        self._lock = threading.Lock()
-        self._assigned: frozenset[Any] = frozenset()
-        self._committed: dict[Any, int] = {}
+        self.book = Assignment(topic)
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
-        self.rebalances = 0
         self._callback_thread: int | None = None  # the polling thread, while a rebalance callback runs
         self._handoffs: queue.SimpleQueue[_Handoff] = queue.SimpleQueue()
         self._consumer = consumer_factory()
@@ -92,11 +89,7 @@ class ConfluentGroupConsumer:
 
     def _lose(self, consumer: Any, partitions: list[Any]) -> None:
         changed = frozenset(_kafka_tp(tp) for tp in partitions)
-        with self._lock:
-            self._assigned -= changed
-            self.rebalances += 1
-            for tp in changed:
-                self._committed.pop(tp, None)
+        self.book.change(self.assigned - changed, changed)
         self._lost |= changed
         log.warning("partitions lost (the group session expired): %s; their device states stay in memory "
                     "until the next assignment checkpoints them", sorted(tp.partition for tp in changed),
@@ -110,15 +103,10 @@ class ConfluentGroupConsumer:
 
     def _set_assignment(self, now: frozenset[Any], changed: frozenset[Any], hook: PartitionsHook | None,
                         what: str) -> None:
-        with self._lock:
-            self._assigned = now
-            self.rebalances += 1
-            for tp in changed if what == "revoked" else ():
-                self._committed.pop(tp, None)
+        self.book.change(now, changed if what == "revoked" else ())
         if not changed:
             return
-        log.info("partitions %s: %s", what, sorted(tp.partition for tp in changed),
-                 extra={"topic": self.topic, "assigned": sorted(tp.partition for tp in now)})
+        self.book.log_change(what, changed)
         if hook is None:
             return
         self._callback_thread = threading.get_ident()
@@ -143,8 +131,11 @@ class ConfluentGroupConsumer:
 
     @property
     def assigned(self) -> frozenset[Any]:
-        with self._lock:
-            return self._assigned
+        return self.book.assigned
+
+    @property
+    def rebalances(self) -> int:
+        return self.book.rebalances
 
     def pause(self, partitions: Iterable[int]) -> None:
         """Stop fetching these partitions of the topic (state restore in progress)."""
@@ -203,8 +194,7 @@ class ConfluentGroupConsumer:
         if failed:
             raise CommitError(f"offset commit of {len(failed)} of {len(offsets)} partitions failed: "
                               f"{failed[0].error}")
-        with self._lock:
-            self._committed.update(offsets)
+        self.book.committed(offsets)
 
     def lag(self, timeout_ms: int = 5_000) -> dict[tuple[str, int], int]:
         """{(topic, partition): end offset − committed position} for the assigned partitions.
@@ -214,8 +204,7 @@ class ConfluentGroupConsumer:
         """
         from confluent_kafka import TopicPartition
 
-        with self._lock:
-            assigned, committed = self._assigned, dict(self._committed)
+        assigned, committed = self.book.positions()
         out = {}
         for tp in assigned:
             ctp = TopicPartition(tp.topic, tp.partition)

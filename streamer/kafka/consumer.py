@@ -53,6 +53,46 @@ class Polled:
         return len(self.records)
 
 
+class Assignment:
+    """What a group member holds: its partitions, the offsets it committed for them, how many
+    rebalances it went through. Changed inside `poll` (the rebalance callbacks), read by the loop and
+    the lag probe, hence the lock. Shared by both clients' consumers."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._lock = threading.Lock()
+        self._assigned: frozenset[Any] = frozenset()
+        self._committed: dict[Any, int] = {}
+        self.rebalances = 0
+
+    @property
+    def assigned(self) -> frozenset[Any]:
+        with self._lock:
+            return self._assigned
+
+    def change(self, now: frozenset[Any], gone: Iterable[Any] = ()) -> None:
+        """The member now holds `now`; partitions `gone` (revoked or lost) forget their commits."""
+        with self._lock:
+            self._assigned = now
+            self.rebalances += 1
+            for tp in gone:
+                self._committed.pop(tp, None)
+
+    def log_change(self, what: str, changed: frozenset[Any]) -> None:
+        log.info("partitions %s: %s", what, sorted(tp.partition for tp in changed),
+                 extra={"topic": self.topic, "assigned": sorted(tp.partition for tp in self.assigned)})
+
+    def committed(self, offsets: dict[Any, int]) -> None:
+        """The group took these {TopicPartition: next offset}."""
+        with self._lock:
+            self._committed.update(offsets)
+
+    def positions(self) -> tuple[frozenset[Any], dict[Any, int]]:
+        """(assigned, {TopicPartition: committed next offset}) as of now, consistent with each other."""
+        with self._lock:
+            return self._assigned, dict(self._committed)
+
+
 class GroupConsumer:
     """Wraps a `kafka.KafkaConsumer` (from `consumer_factory`) subscribed to one topic."""
 
@@ -67,10 +107,7 @@ class GroupConsumer:
         from kafka import AsyncConsumerRebalanceListener
 
         self.topic = topic
-        self._lock = threading.Lock()
-        self._assigned: frozenset[Any] = frozenset()
-        self._committed: dict[Any, int] = {}
-        self.rebalances = 0
+        self.book = Assignment(topic)
         self.outage_polls = 0  # polls that a retriable broker error turned into empty ones
         self._outage_logged_at = -math.inf
         outer = self
@@ -93,21 +130,19 @@ class GroupConsumer:
     def _set_assignment(self, now: frozenset[Any], changed: Iterable[Any], hook: PartitionsHook | None,
                         what: str) -> Any:
         changed = frozenset(changed)
-        with self._lock:
-            self._assigned = now
-            self.rebalances += 1
-            for tp in changed if what == "revoked" else ():
-                self._committed.pop(tp, None)
+        self.book.change(now, changed if what == "revoked" else ())
         if not changed:
             return None
-        log.info("partitions %s: %s", what, sorted(tp.partition for tp in changed),
-                 extra={"topic": self.topic, "assigned": sorted(tp.partition for tp in now)})
+        self.book.log_change(what, changed)
         return hook(changed) if hook is not None else None
 
     @property
     def assigned(self) -> frozenset[Any]:
-        with self._lock:
-            return self._assigned
+        return self.book.assigned
+
+    @property
+    def rebalances(self) -> int:
+        return self.book.rebalances
 
     def pause(self, partitions: Iterable[int]) -> None:
         """Stop fetching these partitions of the topic (state restore in progress)."""
@@ -161,20 +196,17 @@ class GroupConsumer:
         except Exception as exc:  # CommitFailedError, timeouts, coordinator moves: all mean "not committed"
             cause = f"{type(exc).__name__}: {exc}"
             raise CommitError(f"offset commit of {len(offsets)} partitions failed: {cause}") from exc
-        with self._lock:
-            self._committed.update(offsets)
+        self.book.committed(offsets)
 
     def lag(self, timeout_ms: int = 5_000) -> dict[tuple[str, int], int]:
         """{(topic, partition): end offset − committed position} for the assigned partitions.
 
         One ListOffsets round trip: call it every few seconds, not every batch.
         """
-        assigned = self.assigned
+        assigned, committed = self.book.positions()
         if not assigned:
             return {}
         ends = self._consumer.end_offsets(list(assigned), timeout_ms=timeout_ms)
-        with self._lock:
-            committed = dict(self._committed)
         out = {}
         for tp in assigned:
             position = committed.get(tp)
