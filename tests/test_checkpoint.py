@@ -509,3 +509,25 @@ def test_a_state_record_from_before_the_refractory_is_upgraded_with_its_cooldown
     assert cols["last_seen"][slot] == expect["last_seen"] and cols["steps"][slot] == expect["steps"]
     assert cols["cal_since"][slot] == 255 and cols["cal_fired"][slot] == 0  # no fire remembered
     assert record.model_version == expect["version"] == pipe.model_version
+
+
+def test_a_state_record_from_before_the_relation_level_keeps_its_covariance_packed():
+    """tests/data/state_record_9810623.hex was written by commit 9810623 (a 4-channel device in an open
+    episode; its relation stored as the full 4 x 4 matrix, no level of r_k^2): restored today, the
+    covariance is the same matrix in its packed lower triangle, the level starts at 0 and the episode,
+    calibration and per-channel state carry on."""
+    from streamer.scoring import relation
+
+    cols, slot, expect, record, pipe = _restore_fixture("9810623")
+    store = pipe.store
+    cells = store.blocks["relation"][store.cells_of(np.array([slot]), "relation").reshape(-1)].numpy()
+    assert len(cells) == relation.cells(4) == 10 and len(expect["relation"]) == 16
+    (full,) = relation.unpack(cells, 4)
+    assert np.array_equal(full, np.asarray(expect["relation"], dtype=np.float32).reshape(4, 4))
+    rows = store.rows_of(np.array([slot]))[0]
+    assert np.array_equal(store.rows["level"][rows].numpy(), np.asarray(expect["level"], dtype=np.float32))
+    assert (store.rows["rel_level"][rows] == 0).all()
+    assert np.allclose(cols["cal_mean"][slot], expect["cal_mean"]) and cols["steps"][slot] == expect["steps"]
+    assert cols["alert_state"][slot] == expect["alert_state"] == 1  # an open episode carries on
+    assert cols["alert_started_at"][slot] == expect["alert_started_at"]
+    assert record.model_version == expect["version"] == pipe.model_version

@@ -7,13 +7,16 @@ and a field that is new gets its value for a device that has it unset, or one de
 fields where that means more (`_DERIVED`). So upgrading rnnwatch does not send every device back to
 warm-up.
 
-Known earlier layouts (the row fields and blocks are today's; only columns changed):
+Known earlier layouts (every one of them before the relation's level: no `rel_level` row, each
+relation block stored as its full b x b matrix, tag `cov64`, instead of its lower triangle, `tri64`;
+the full matrix is packed, the level starts at 0 as for a new device):
 - before the operator's loop (commit 883a5ee and earlier): `last_seen` float64 (now whole seconds,
   uint32), `alert_hits` uint32 (now uint16: M-of-N up to 16), no `silence_until` (0: none), no
   `alert_peak` (taken from the held alarm).
 - before the score's refractory (commit 46e4646 and earlier, back to the operator's loop):
   `alert_cooldown_until` float64 (now whole seconds rounded up, uint32: the 4 bytes the refractory's
   `cal_fired` and `cal_since` take), no `cal_fired` / `cal_since` (no fire remembered).
+- before the relation's level (commit 9810623 and earlier, back to the refractory): today's columns.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from streamer.checkpoint.state_codec import StateRecord
 from streamer.checkpoint.state_schema import StateSchema
-from streamer.scoring.state_store import StateStore
+from streamer.scoring import relation
+from streamer.scoring.state_store import Block, StateStore
 
-# (name, little-endian dtype, width) of the columns of each earlier release, in payload order
-EARLIER_COLUMNS: tuple[tuple[tuple[str, str, int], ...], ...] = (
+# (name, little-endian dtype, width) of the columns of each earlier release, in payload order; None: today's
+EARLIER_COLUMNS: tuple[tuple[tuple[str, str, int], ...] | None, ...] = (
     (("last_seen", "<f8", 1), ("steps", "<u2", 1), ("cal_count", "<i2", 9), ("cal_mean", "<f4", 9),
      ("cal_var", "<f4", 9), ("cal_peak", "<f4", 1), ("cal_held_mean", "<f2", 6), ("cal_held_std", "<f2", 6),
      ("alert_state", "|i1", 1), ("alert_hits", "<u4", 1), ("alert_below", "|u1", 1), ("alert_hold", "<f2", 1),
@@ -38,16 +43,28 @@ EARLIER_COLUMNS: tuple[tuple[tuple[str, str, int], ...], ...] = (
      ("cal_held_std", "<f2", 6), ("alert_state", "|i1", 1), ("alert_hits", "<u2", 1),
      ("alert_below", "|u1", 1), ("alert_hold", "<f2", 1), ("alert_peak", "<f2", 1),
      ("alert_started_at", "<f8", 1), ("alert_cooldown_until", "<f8", 1), ("learn_since", "<f4", 1)),
+    None,
 )
+NEW_ROWS = frozenset({"rel_level"})  # row fields no earlier release had
+
+
+def _full_cells(c: int) -> int:
+    """Relation cells of a device with c channels in every earlier release: full b x b blocks."""
+    return 0 if c < 2 else sum(b * b for b in relation.block_sizes(c))
+
+
+_FULL_RELATION = Block("relation", torch.float32, _full_cells, f"cov{relation.BLOCK}")
 _DERIVED = {"c:alert_peak": "c:alert_hold"}  # a new field: the old field it starts from
 _ROUNDED_UP = frozenset({"c:alert_cooldown_until"})  # float time to whole seconds: the end of a wait
 
 
 def earlier_schemas(current: StateSchema) -> dict[int, StateSchema]:
-    """{fingerprint: layout} of the earlier releases' payloads, with today's row fields and blocks."""
+    """{fingerprint: layout} of the earlier releases' payloads."""
+    rows = tuple(row for row in current.rows if row[0] not in NEW_ROWS)
+    blocks = tuple(_FULL_RELATION if b.name == "relation" else b for b in current.blocks)
     out = {}
     for columns in EARLIER_COLUMNS:
-        old = StateSchema(current.rows, columns, current.blocks)
+        old = StateSchema(rows, current.cols if columns is None else columns, blocks)
         if old.fingerprint != current.fingerprint:
             out[old.fingerprint] = old
     return out
@@ -79,12 +96,29 @@ class Upgrader:
         names = set(src.dtype.names or ())
         for name in dst.dtype.names or ():
             origin = name if name in names else _DERIVED.get(name)
-            if origin in names:
+            if name == "b:relation" and origin in names:
+                dst[name] = pack_full(src[origin][0], n_channels)
+            elif origin in names:
                 values = np.ceil(src[origin]) if name in _ROUNDED_UP else src[origin]
                 dst[name] = _cast(values, dst.dtype[name])
             else:
                 dst[name] = self._fills.get(name, 0)
         return dst.tobytes()
+
+
+def pack_full(cells: np.ndarray, n_channels: int) -> np.ndarray:
+    """A device's relation blocks stored as full b x b matrices, row-major (an earlier release) -> their
+    lower triangles, row by row (today's `relation.cells` layout).
+
+    >>> pack_full(np.arange(9.0), 3).tolist()  # the matrix [[0 1 2] [3 4 5] [6 7 8]]
+    [0.0, 3.0, 4.0, 6.0, 7.0, 8.0]
+    """
+    out, at = [], 0
+    for b in relation.block_sizes(n_channels):
+        full = cells[at:at + b * b].reshape(b, b)
+        out.append(full[np.tril_indices(b)])
+        at += b * b
+    return np.concatenate(out) if out else cells[:0]
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -366,7 +366,8 @@ class ScoringPipeline:
         per_row = stacked.to("cpu", torch.float64).numpy()
         per_row *= per_row  # (r, 5)
         r2, joint = self._relation(z_held.clamp(-Z_CLIP, Z_CLIP), seen & ~firing, layout, count, slots)
-        table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), r2])  # (r, 7)
+        rel = relation.level_and_update(r2, rows_of["rel_level"], rows, beta)  # (r,) its short-term level
+        table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), rel])  # (r, 7)
         return table, {Signal.REPEAT: repeat_evidence(run), Signal.JOINT: joint}
 
     def _relation(self, zc: torch.Tensor, learn: torch.Tensor, layout: _Rows, count: torch.Tensor,

@@ -24,7 +24,8 @@ class Signal(enum.IntEnum):
     LEVEL = 4  # squared short-term level of z: a sustained shift the one-step forecast stops seeing
     VOLATILITY = 5  # short-term mean of z^2: a channel that got noisier without moving its mean
     REPEAT = 6  # the device's run of exactly repeated values beyond a grace: a stuck sensor (`evidence`)
-    RELATION = 7  # largest conditional residual r_k^2: a channel the others no longer predict (`relation`)
+    RELATION = 7  # largest short-term level of the conditional residual r_k^2: a channel the others no
+    # longer predict (`relation`)
     JOINT = 8  # Mahalanobis distance D^2 of all channels against their learned covariance (`relation`)
 
     @property

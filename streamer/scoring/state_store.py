@@ -74,6 +74,7 @@ ROW_FIELDS: dict[str, tuple[torch.dtype, int]] = {
     "day_profile": (torch.float16, DAY_BINS),  # time-of-day profile of z, 0 = bin never visited
     "range_low": (torch.float16, 1),  # running minimum, in z of the live normaliser (scoring.evidence)
     "range_high": (torch.float16, 1),  # running maximum, likewise
+    "rel_level": (torch.float16, 1),  # short-term level of the relation residual r_k^2 (scoring.relation)
     "held_mean": (torch.float32, 1),  # normaliser mean held while the device's episode is open (pipeline)
     "held_sd": (torch.float32, 1),  # normaliser spread (root of the variance) held with it
 }

@@ -3,7 +3,8 @@
 Per block of channels: the Cholesky factor L of S + ridge I, then P u by two triangular solves and the
 diagonal of P = (L L')^-1 from the columns of L^-1, in float64 (torch calls LAPACK for the same
 factorisation: the two agree to float64 rounding); then the covariance learns the reading where
-`learn` (cumulative, then exponentially weighted; shrunk beyond the protect bound), stored as float32.
+`learn` (cumulative, then exponentially weighted; shrunk beyond the protect bound), stored as float32,
+each block as its lower triangle row by row (cell i (i + 1) / 2 + j holds (i, j), j <= i).
 
 Scratch `lw` (B, B) and `v` (3, B) float64, B the largest block.
 """
@@ -20,14 +21,14 @@ from streamer.scoring.relation import BLOCK, PROTECT, RIDGE
 
 @jit
 def factor(cells: np.ndarray, at: int, b: int, lw: np.ndarray) -> None:
-    """lw[:b, :b] <- the lower Cholesky factor of S + RIDGE I, S the b x b cells from `at` (row-major)."""
+    """lw[:b, :b] <- the lower Cholesky factor of S + RIDGE I, S the b x b block packed from `at`."""
     for j in range(b):
-        acc = float(cells[at + j * b + j]) + RIDGE
+        acc = float(cells[at + j * (j + 1) // 2 + j]) + RIDGE
         for q in range(j):
             acc -= lw[j, q] * lw[j, q]
         lw[j, j] = math.sqrt(acc)
         for i in range(j + 1, b):
-            acc = float(cells[at + i * b + j])
+            acc = float(cells[at + i * (i + 1) // 2 + j])
             for q in range(j):
                 acc -= lw[i, q] * lw[j, q]
             lw[i, j] = acc / lw[j, j]
@@ -65,14 +66,15 @@ def residuals(u: np.ndarray, b: int, lw: np.ndarray, v: np.ndarray, r2: np.ndarr
 @jit
 def learn(cells: np.ndarray, at: int, u: np.ndarray, b: int, d2: float, ready: bool, learned: float,
           alpha: float) -> None:
-    """Fold u (b,) into the b x b covariance cells from `at` (`relation._learn`, for a reading to learn)."""
+    """Fold u (b,) into the b x b covariance packed from `at` (`relation._learn`, for a reading to learn)."""
     bound = PROTECT * b
     shrink = math.sqrt(bound / max(d2, 1e-12)) if ready and d2 > bound else 1.0
     rate = max(1.0 / (learned + 1.0), alpha)
     for i in range(b):
-        for j in range(b):
-            s = float(cells[at + i * b + j])
-            cells[at + i * b + j] = np.float32(s + rate * ((u[i] * shrink) * (u[j] * shrink) - s))
+        for j in range(i + 1):
+            cell = at + i * (i + 1) // 2 + j
+            s = float(cells[cell])
+            cells[cell] = np.float32(s + rate * ((u[i] * shrink) * (u[j] * shrink) - s))
 
 
 @jit
@@ -92,5 +94,5 @@ def relation(cells: np.ndarray, start: int, u: np.ndarray, c: int, learned: floa
         d2_sum += d2 if ready else math.nan
         if learn_it:
             learn(cells, at, ub, b, d2, ready, learned, alpha)
-        chan, at = chan + b, at + b * b
+        chan, at = chan + b, at + b * (b + 1) // 2
     return d2_sum

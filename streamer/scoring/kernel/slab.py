@@ -61,13 +61,14 @@ class Slab(NamedTuple):
     day_profile: np.ndarray  # (R, DAY_BINS) float16 bits
     range_low: np.ndarray  # (R,) float16 bits
     range_high: np.ndarray  # (R,) float16 bits
+    rel_level: np.ndarray  # (R,) float16 bits
     held_mean: np.ndarray  # (R,) float32
     held_sd: np.ndarray  # (R,) float32
     relation: np.ndarray  # (cells,) float32
 
 
 _HALF_COLUMNS = frozenset({"cal_held_mean", "cal_held_std", "cal_fired", "alert_hold", "alert_peak"})
-_HALF_ROWS = frozenset({"hidden", "day_profile", "range_low", "range_high"})
+_HALF_ROWS = frozenset({"hidden", "day_profile", "range_low", "range_high", "rel_level"})
 
 
 def slab_of(store: StateStore) -> Slab:

@@ -23,7 +23,7 @@ from streamer.scoring.alert_policy import FIRING
 from streamer.scoring.evidence import REPEAT_GRACE
 from streamer.scoring.kernel import decide
 from streamer.scoring.kernel.covariance import relation
-from streamer.scoring.kernel.half import to_float
+from streamer.scoring.kernel.half import f32_to_bits, to_float
 from streamer.scoring.kernel.jit import jit, jit_own, jit_parallel
 from streamer.scoring.kernel.rows import (
     ABOVE,
@@ -44,6 +44,7 @@ from streamer.scoring.relation import BLOCK
 from streamer.scoring.signals import SIGNALS
 
 f32 = np.float32
+_HALF_MAX = 65504.0  # the largest finite float16
 _STEPS_MAX = 65535
 _BIN_S = DAY_S / DAY_BINS
 # Signal -> column of the per-channel table (signals.COLUMN_OF, 0 for the device-level signals)
@@ -124,7 +125,17 @@ def relate(slot: int, c: int, firing: bool, s: Slab, p: Params, sc: Scratch) -> 
     learn_it = sc.w[SEEN, 0] > 0 and not firing
     d2 = relation(s.relation, s.relation_start[slot], sc.u, c, learned, learn_it, p.norm_alpha, sc.r2,
                   sc.lw, sc.v)
-    sc.table[:c, 6] = sc.r2[:c]
+    r0, beta = s.row_start[slot], f32(p.level_beta)
+    for k in range(c):  # `relation.level_and_update`: the short-term level of r_k^2, float16
+        v = sc.r2[k]
+        if math.isnan(v):
+            sc.table[k, 6] = math.nan
+            continue
+        old = to_float(s.rel_level[r0 + k])
+        new = f32(old + f32(beta * f32(f32(v) - old)))
+        bits = f32_to_bits(f32(min(float(new), _HALF_MAX)))
+        s.rel_level[r0 + k] = bits
+        sc.table[k, 6] = float(to_float(bits))
     return d2
 
 
