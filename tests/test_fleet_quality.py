@@ -47,7 +47,8 @@ def test_alert_quality_counts_detections_coverage_and_false_alerts() -> None:
 @pytest.mark.slow  # three fleets of 60 devices x 4 days of readings, replayed (about 20 s on the kernel)
 def test_a_running_fleet_keeps_its_alerts_open_for_most_of_each_fault() -> None:
     """Devices three days old when faults begin hold their normal during an episode: mean coverage
-    0.832 (seeds 11, 0, 1: 0.856, 0.830, 0.809), against 0.723 on first-day devices (daemon fleet test)."""
+    0.822 (seeds 11, 0, 1: 0.855, 0.829, 0.784), against 0.732 on first-day devices (daemon fleet test);
+    false alerts 0.042, 0.042, 0.018 per fault-free device-day."""
     figures = []
     for seed in (11, 0, 1):
         fleet = generate_fleet(n_devices=60, n_steps=1440, seed=seed, history_steps=3 * 1440)
@@ -57,5 +58,6 @@ def test_a_running_fleet_keeps_its_alerts_open_for_most_of_each_fault() -> None:
     assert mean["fault_duration_covered"] >= 0.8, mean
     assert mean["recall"] >= 0.95 and mean["episodes_per_fault"] <= 1.2, mean
     assert min(q["covered_by_kind"]["level_shift"] for q in figures) >= 0.7, figures  # held normal: 0.75-1.0
-    # false alerts: 0.030-0.077 per fault-free device-day (bar 0.05: seed 0 misses it)
-    assert mean["false_alerts_per_fault_free_device_day"] <= 0.08, mean
+    # false alerts: at most 0.05 per fault-free device-day on every seed (the relation's residual level;
+    # with the per-reading residual seed 0 had 0.077)
+    assert max(q["false_alerts_per_fault_free_device_day"] for q in figures) <= 0.05, figures

@@ -27,7 +27,7 @@ last ~`1 / level_beta` readings (the pace of the short-term level, volatility an
 readings, while a single reading's r_k^2 is noisy (a chi-square of one degree of freedom): averaged, the
 evidence rises steadily above its usual range and stays there while the relation is broken, instead of
 dipping back under the alert's close level now and then (TEP fault 16: detection rate 0.115 -> 0.980,
-mean over 18 faults 0.870 -> 0.919 at the same false-alarm rate; simulated fleet false alerts per
+mean over 18 faults 0.870 -> 0.920 at the same false-alarm rate; simulated fleet false alerts per
 fault-free device-day 0.063 -> 0.048). The joint distance stays per reading.
 
 Cost, per device and reading, with C channels: the covariance is symmetric, so only its lower triangle
