@@ -390,3 +390,23 @@ def test_a_young_firing_device_keeps_its_relation_covariance() -> None:
             frozen.append(torch.equal(cells, opened_cells))
     assert opened_cells is not None and len(frozen) > 5, "the relation break opened no episode"
     assert all(frozen)
+
+
+@pytest.mark.parametrize("path", ["torch", "kernel"])
+def test_a_stuck_channel_is_the_one_an_alert_attributes(path: str) -> None:
+    """The repeat run is device-level evidence, but an alert it opens names the channel that repeats
+    (each channel's share is its own run beyond the grace), not the one with the largest forecast error."""
+    rng = np.random.default_rng(3)
+    n, at = 500, 420
+    values = rng.normal(0, 1, (n, 3)).round(3)
+    values[at:, 1] = values[at, 1]  # channel b sticks
+    pipe = ScoringPipeline(load(), PipelineConfig(path=path))
+    events = []
+    for i in range(0, n, 50):
+        out = pipe.score(ReadingBatch.from_rows(["s"] * 50, 60.0 * np.arange(i, i + 50),
+                                                values[i : i + 50].tolist(), channels=[("a", "b", "c")] * 50))
+        events += out.events
+    firing = [e for e in events if e.state == "firing" and e.ts >= at * 60]
+    assert firing, [(e.state, e.ts / 60) for e in events]
+    shares = {c.channel: c.share for c in firing[0].channels}
+    assert shares == {"a": 0.0, "b": 1.0, "c": 0.0}, (firing[0].ts / 60, shares)

@@ -77,6 +77,11 @@ class PipelineConfig:
     kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 
+# the per-channel table column that attributes each signal (the repeat run: the rows' runs, `_Wave.shares`)
+_SHARE_COLUMN = np.array([COLUMN_OF.get(sig, COLUMN_OF[Signal.RELATION] if sig is Signal.JOINT else 0)
+                          for sig in Signal], dtype=np.int64)
+
+
 @dataclass
 class _Rows:
     """Where a wave's devices keep their rows: r rows for m devices, in device then channel order."""
@@ -103,14 +108,19 @@ class _Wave:
     held: np.ndarray  # (m, SIGNALS) against the held normal (devices holding one; NaN: not measured)
     prior: tuple[torch.Tensor, torch.Tensor]  # (r,) float64 the rows' normaliser mean, var before this one
     excess: np.ndarray  # (m,) how far the device's farthest channel lies outside its running range (share)
+    runs: np.ndarray  # (r,) each row's repeat run beyond the grace (what a stuck channel gives REPEAT)
 
     def shares(self, signal: np.ndarray, c_max: int) -> np.ndarray:
         """Each channel's part in the winning signal (m,) Signal -> (m, c_max), zero past a device's
-        channels. A device-level signal (repeat run, joint distance) is attributed by forecast error."""
-        column = np.array([COLUMN_OF.get(Signal(int(s)), 0) for s in range(SIGNALS)])[signal]  # (m,)
+        channels. A device-level signal is attributed by what each channel gives it: the repeat run by
+        each channel's own run (the stuck channels), the joint distance by each channel's relation
+        residual (the channels the others no longer predict)."""
+        column = _SHARE_COLUMN[signal]  # (m,)
         lay = self.layout
+        per_row = self.table[np.arange(len(lay.owner)), column[lay.owner]]  # (r,)
+        per_row = np.where(signal[lay.owner] == Signal.REPEAT, self.runs, per_row)
         out = np.zeros((len(self.idx), c_max))
-        out[lay.owner, lay.chan] = np.nan_to_num(self.table[np.arange(len(lay.owner)), column[lay.owner]])
+        out[lay.owner, lay.chan] = np.nan_to_num(per_row)
         return out
 
 
@@ -246,7 +256,8 @@ class ScoringPipeline:
                                    layout.rows, held_normal)
         evidence, held = (_per_device(t, device_level, layout.starts) for t in (table, held_table))
         above = torch.where(first, z, resid).cpu().numpy() > 0
-        return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior, excess)
+        runs = repeat_evidence(self.store.rows["repeat_run"][layout.rows].cpu().numpy())
+        return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior, excess, runs)
 
     def _range(self, z: torch.Tensor, seen: torch.Tensor, count: torch.Tensor, std: torch.Tensor,
                mean: torch.Tensor, layout: _Rows) -> np.ndarray:

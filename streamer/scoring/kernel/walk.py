@@ -48,7 +48,7 @@ _HALF_MAX = 65504.0  # the largest finite float16
 _STEPS_MAX = 65535
 _BIN_S = DAY_S / DAY_BINS
 # Signal -> column of the per-channel table (signals.COLUMN_OF, 0 for the device-level signals)
-_COLUMN = np.array([0, 1, 2, 3, 4, 5, 0, 6, 0], dtype=np.int64)
+_COLUMN = np.array([0, 1, 2, 3, 4, 5, -1, 6, 6], dtype=np.int64)  # pipeline._SHARE_COLUMN; -1: the rows' runs
 _PER_CHANNEL = np.array([0, 1, 2, 3, 4, 5, 7], dtype=np.int64)  # signals.PER_CHANNEL
 
 
@@ -211,17 +211,19 @@ def reading(slot: int, i: int, ts: float, x: np.ndarray, offset: int, s: Slab, p
     decide.learn(slot, sc.live_dev, remembered, score, fired, s, p)
     if code == decide.RECOVERED or code == decide.ACCEPTED:
         decide.release(slot, s)
-    write(i, c, score, alarm, winner, code, s.alert_state[slot] == FIRING, s.alert_started_at[slot], sc, out)
+    write(i, c, r0, score, alarm, winner, code, s.alert_state[slot] == FIRING, s.alert_started_at[slot],
+          s, sc, out)
 
 
 @jit
-def write(i: int, c: int, score: float, alarm: float, winner: int, code: int, alerting: bool,
-          started: float, sc: Scratch, out: Out) -> None:
-    """Reading i's outputs; the channel with the largest share of the winning signal is its top one."""
+def write(i: int, c: int, r0: int, score: float, alarm: float, winner: int, code: int, alerting: bool,
+          started: float, s: Slab, sc: Scratch, out: Out) -> None:
+    """Reading i's outputs; the channel with the largest share of the winning signal is its top one (the
+    repeat run: the channel's own run beyond the grace)."""
     column = _COLUMN[winner]
     top, best = 0, 0.0
     for k in range(c):
-        share = sc.table[k, column]
+        share = sc.table[k, column] if column >= 0 else max(float(s.repeat_run[r0 + k]) - REPEAT_GRACE, 0.0)
         share = 0.0 if math.isnan(share) else min(max(share, -1.7976931348623157e308), 1.7976931348623157e308)
         sc.r2[k] = share
         if share > best:
