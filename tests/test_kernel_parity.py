@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_parity import CONFIG, Fleet, assert_same, batch, chunks, pipelines, stream
 
+from streamer.scoring import relation
 from streamer.scoring.kernel.half import to_bits, to_float
 from streamer.scoring.readings import AlertEvent
 
@@ -33,6 +34,16 @@ def test_kernel_equals_torch_on_fleets_with_faults(cell: str, channels: tuple[in
         np.testing.assert_array_equal(kernel.store.cols[name][mine], reference.store.cols[name][theirs], name)
     np.testing.assert_allclose(kernel.store.cols["cal_mean"][mine], reference.store.cols["cal_mean"][theirs],
                                rtol=1e-4, atol=1e-5)
+    # the relation's packed covariance cells and the level of its residuals, row by row
+    for a, b in ((kernel.store, mine), (reference.store, theirs)):
+        assert a.cells_of(b, "relation").size == sum(relation.cells(c) for c in channels)
+    cells_k = kernel.store.blocks["relation"][kernel.store.cells_of(mine, "relation")]
+    cells_t = reference.store.blocks["relation"][reference.store.cells_of(theirs, "relation")]
+    np.testing.assert_allclose(cells_k.numpy(), cells_t.numpy(), rtol=1e-5, atol=1e-6)
+    level_k = kernel.store.rows["rel_level"][kernel.store.rows_of(mine)[0]].float()
+    level_t = reference.store.rows["rel_level"][reference.store.rows_of(theirs)[0]].float()
+    np.testing.assert_allclose(level_k.numpy(), level_t.numpy(), rtol=2e-3, atol=1e-3)
+    assert (level_t > 0).any() == any(c > 1 for c in channels)  # multichannel devices learned a level
 
 
 @pytest.mark.slow  # compiles the kernel (about a minute cold) and steps two pipelines
