@@ -54,7 +54,7 @@ from streamer.scoring.kernel import PATHS
 from streamer.scoring.kernel.scorer import kernel_for
 from streamer.scoring.readings import AlertEvent, DropReason, ReadingBatch, ScoredBatch
 from streamer.scoring.shape import RESHAPE_AFTER, ShapeTracker
-from streamer.scoring.signals import COLUMN_OF, PER_CHANNEL, SIGNALS, Signal
+from streamer.scoring.signals import PER_CHANNEL, REPEAT_RUNS, SHARE_COLUMN, SIGNALS, Signal
 from streamer.scoring.state_store import Column, StateStore
 from streamer.scoring.waves import wave_ranks as _wave_ranks
 
@@ -77,9 +77,7 @@ class PipelineConfig:
     kernel_threads: int | None = None  # threads of the kernel's device loop (None: every core)
 
 
-# the per-channel table column that attributes each signal (the repeat run: the rows' runs, `_Wave.shares`)
-_SHARE_COLUMN = np.array([COLUMN_OF.get(sig, COLUMN_OF[Signal.RELATION] if sig is Signal.JOINT else 0)
-                          for sig in Signal], dtype=np.int64)
+_SHARE_COLUMN = np.array(SHARE_COLUMN, dtype=np.int64)
 
 
 @dataclass
@@ -115,10 +113,10 @@ class _Wave:
         channels. A device-level signal is attributed by what each channel gives it: the repeat run by
         each channel's own run (the stuck channels), the joint distance by each channel's relation
         residual (the channels the others no longer predict)."""
-        column = _SHARE_COLUMN[signal]  # (m,)
         lay = self.layout
-        per_row = self.table[np.arange(len(lay.owner)), column[lay.owner]]  # (r,)
-        per_row = np.where(signal[lay.owner] == Signal.REPEAT, self.runs, per_row)
+        column = _SHARE_COLUMN[signal][lay.owner]  # (r,) see signals.SHARE_COLUMN
+        per_row = self.table[np.arange(len(lay.owner)), np.maximum(column, 0)]  # (r,)
+        per_row = np.where(column == REPEAT_RUNS, self.runs, per_row)
         out = np.zeros((len(self.idx), c_max))
         out[lay.owner, lay.chan] = np.nan_to_num(per_row)
         return out

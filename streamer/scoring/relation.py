@@ -44,6 +44,7 @@ Shapes: m devices with the same channel count c; u (m, c); cells (m, cells(c)).
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from streamer.scoring.state_store import Block
 
 BLOCK = 64  # channels above which the covariance is block-diagonal
 RIDGE = 0.05  # added to S's diagonal (z units squared): a channel never predicts another perfectly
-_HALF_MAX = float(torch.finfo(torch.float16).max)
+HALF_MAX = float(torch.finfo(torch.float16).max)  # where the float16 residual level saturates
 PROTECT = 4.0  # a reading is learned with D^2 at most this many times its expected value (the block size)
 
 
@@ -73,6 +74,7 @@ def cells(c: int) -> int:
     return 0 if c < 2 else sum(triangle(b) for b in block_sizes(c))
 
 
+@cache  # a few block sizes, asked for on every wave
 def full_index(b: int) -> np.ndarray:
     """(b * b,) int64: the packed cell of each entry (i, j) of a b x b block, row-major; cell
     i (i + 1) / 2 + j holds (i, j) and (j, i) for j <= i.
@@ -168,7 +170,7 @@ def level_and_update(
     known = torch.isfinite(v)
     old = level[rows].to(torch.float32)
     new = torch.where(known, old + beta * (torch.where(known, v, old) - old), old)
-    level[rows] = new.clamp(max=_HALF_MAX).to(level.dtype)
+    level[rows] = new.clamp(max=HALF_MAX).to(level.dtype)
     out = level[rows].to("cpu", torch.float64).numpy()
     return np.where(known.cpu().numpy(), out, np.nan)
 

@@ -37,3 +37,8 @@ SIGNALS = len(Signal)
 PER_CHANNEL = (Signal.FORECAST, Signal.BIAS, Signal.DEVIATION, Signal.PROFILE, Signal.LEVEL,
                Signal.VOLATILITY, Signal.RELATION)  # the per-channel table's columns, in this order
 COLUMN_OF = {sig: k for k, sig in enumerate(PER_CHANNEL)}  # Signal -> its column of the per-channel table
+# Signal -> the per-channel table column that attributes it to channels: its own for a per-channel signal,
+# the relation residual's for the joint distance, REPEAT_RUNS for the repeat run (each row's own run)
+REPEAT_RUNS = -1
+SHARE_COLUMN = tuple(COLUMN_OF.get(sig, COLUMN_OF[Signal.RELATION] if sig is Signal.JOINT else REPEAT_RUNS)
+                     for sig in Signal)

@@ -40,15 +40,13 @@ from streamer.scoring.kernel.rows import (
     clip,
 )
 from streamer.scoring.kernel.slab import Params, Slab, Weights
-from streamer.scoring.relation import BLOCK
-from streamer.scoring.signals import SIGNALS
+from streamer.scoring.relation import BLOCK, HALF_MAX
+from streamer.scoring.signals import REPEAT_RUNS, SHARE_COLUMN, SIGNALS
 
 f32 = np.float32
-_HALF_MAX = 65504.0  # the largest finite float16
 _STEPS_MAX = 65535
 _BIN_S = DAY_S / DAY_BINS
-# Signal -> column of the per-channel table (signals.COLUMN_OF, 0 for the device-level signals)
-_COLUMN = np.array([0, 1, 2, 3, 4, 5, -1, 6, 6], dtype=np.int64)  # pipeline._SHARE_COLUMN; -1: the rows' runs
+_COLUMN = np.array(SHARE_COLUMN, dtype=np.int64)  # Signal -> the table column that attributes it
 _PER_CHANNEL = np.array([0, 1, 2, 3, 4, 5, 7], dtype=np.int64)  # signals.PER_CHANNEL
 
 
@@ -133,7 +131,7 @@ def relate(slot: int, c: int, firing: bool, s: Slab, p: Params, sc: Scratch) -> 
             continue
         old = to_float(s.rel_level[r0 + k])
         new = f32(old + f32(beta * f32(f32(v) - old)))
-        bits = f32_to_bits(f32(min(float(new), _HALF_MAX)))
+        bits = f32_to_bits(f32(min(float(new), HALF_MAX)))
         s.rel_level[r0 + k] = bits
         sc.table[k, 6] = float(to_float(bits))
     return d2
@@ -223,7 +221,8 @@ def write(i: int, c: int, r0: int, score: float, alarm: float, winner: int, code
     column = _COLUMN[winner]
     top, best = 0, 0.0
     for k in range(c):
-        share = sc.table[k, column] if column >= 0 else max(float(s.repeat_run[r0 + k]) - REPEAT_GRACE, 0.0)
+        share = sc.table[k, column] if column != REPEAT_RUNS else \
+            max(float(s.repeat_run[r0 + k]) - REPEAT_GRACE, 0.0)
         share = 0.0 if math.isnan(share) else min(max(share, -1.7976931348623157e308), 1.7976931348623157e308)
         sc.r2[k] = share
         if share > best:
