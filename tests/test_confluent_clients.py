@@ -240,3 +240,22 @@ def test_lost_partitions_are_revoked_at_the_next_assignment_not_while_the_group_
     group.poll(10, 100)
     assert calls[1:] == [("revoked", [0, 1, 2]), ("assigned", [0, 1])]  # checkpoint now, then restore
     assert group.assigned == frozenset({TopicPartition("readings", 0), TopicPartition("readings", 1)})
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_the_readings_consumer_waits_at_most_fetch_max_wait_ms_at_the_broker(monkeypatch, client):
+    """A broker that holds a fetch until its wait runs out (the embedded one does, with data arriving)
+    delays every reading by up to that wait: both clients get the setting, not their own 500 ms."""
+    import confluent_kafka
+    import kafka
+
+    from streamer.service.clients import make_consumer
+    from streamer.service.settings import Settings
+
+    made: list[Any] = []
+    monkeypatch.setattr(confluent_kafka, "Consumer", lambda config: made.append(config))
+    monkeypatch.setattr(kafka, "KafkaConsumer", lambda **kwargs: made.append(kwargs))
+    make_consumer(Settings(kafka_client=client, fetch_max_wait_ms=37))
+    key = "fetch.wait.max.ms" if client == "confluent" else "fetch_max_wait_ms"
+    assert made[0][key] == 37
+    assert Settings().fetch_max_wait_ms == 100

@@ -47,7 +47,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> Any:
                 "session.timeout.ms": session, "heartbeat.interval.ms": max(session // 3, 100),
                 "partition.assignment.strategy": "range",
                 "max.partition.fetch.bytes": FETCH_PARTITION_BYTES, "fetch.max.bytes": FETCH_BYTES,
-                "fetch.wait.max.ms": 100, "logger": _librdkafka_logger(), "error_cb": log_client_error,
+                "fetch.wait.max.ms": settings.fetch_max_wait_ms, "logger": _librdkafka_logger(), "error_cb": log_client_error,
                 **overrides}))
     from kafka import KafkaConsumer
 
@@ -61,6 +61,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> Any:
         max_poll_records=settings.max_poll_records,
         max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
         fetch_max_bytes=FETCH_BYTES,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     return KafkaConsumer(**{**kwargs, **overrides})
 

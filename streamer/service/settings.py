@@ -80,6 +80,7 @@ class Settings:
     session_timeout_ms: int = 6_000
     max_poll_records: int = 20_000
     poll_timeout_ms: int = 500
+    fetch_max_wait_ms: int = 100  # a fetch the broker cannot fill yet returns after this (latency bound)
     consumer_lag_interval_s: float = 5.0
     publish_timeout_s: float = 30.0
     max_in_flight_records: int = 100_000  # unacknowledged output records before the loop waits
@@ -315,6 +316,9 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("max_poll_records", None, "--max-poll-records", _int_in(1, 10_000_000),
             "records per poll at most (the batch size under backlog; smaller when caught up)"),
     _Option("poll_timeout_ms", None, "--poll-timeout-ms", _int_in(1, 60_000), "poll wait"),
+    _Option("fetch_max_wait_ms", None, "--fetch-max-wait-ms", _int_in(1, 60_000),
+            "longest a fetch waits at the broker for data (a broker that does not answer as soon as data "
+            "arrives delays readings by up to this)"),
     _Option("consumer_lag_interval_s", None, "--consumer-lag-interval-s", _seconds,
             "seconds between consumer-lag metric updates"),
     _Option("publish_timeout_s", None, "--publish-timeout-s", _seconds,
