@@ -4,6 +4,9 @@
     firing --(held alarm < close_threshold for resolve_after readings)--> idle       [resolved: recovered]
     firing --(open for max_episode_s of event time)--> idle                          [resolved:
                                                                                       accepted_new_normal]
+    firing --(young device: held alarm low for resolve_after readings, but the
+              reading still >= open_threshold against the normal of before)--> idle  [resolved:
+                                                                                      accepted_new_normal]
 
 The *alarm* is the calibrated surprise of a reading against the device's normal (see `calibration`),
 and while an episode is open that normal is the one the device had *before* the episode: the pipeline
@@ -14,6 +17,14 @@ it lasts. The *held alarm* is an exponential average of the alarm
 (weight `hold_beta`), so a fault that only makes a channel noisier (alarms that come and go) holds the
 episode open too; it resolves only once the held alarm has stayed below `close_threshold` for
 `resolve_after` consecutive readings: the device is back to its old normal.
+
+A device younger than `PipelineConfig.mature_s` (a day of event time) when its episode opens has not
+seen a whole daily cycle: a normal held from it would keep the alarm high long after the fault ends.
+Its episode is not *locked* to the held normal: its alarm stays the live one, which learns the fault,
+so a long fault on a young device closes early. The normal of before is still held beside it, and it
+labels that close: if the closing reading would still open an episode against it (`Calibrated.before`
+>= `open_threshold`), the device is not back, and the reason is `accepted_new_normal` (the live normal
+has taken the regime in), never `recovered`.
 
 A fault that never ends must not pin the old normal forever: after `max_episode_s` of event time the
 episode resolves with reason `accepted_new_normal`. Either way a close ends the hold, and the live
@@ -124,7 +135,12 @@ class AlertPolicy:
         """Whether each device's episode is open before its next reading: (m,) -> (m,) bool."""
         return store.cols["alert_state"][slots] == FIRING
 
-    def update(self, store: StateStore, slots: np.ndarray, alarms: np.ndarray, ts: np.ndarray) -> Transitions:
+    def update(self, store: StateStore, slots: np.ndarray, alarms: np.ndarray, ts: np.ndarray,
+               before: np.ndarray | None = None) -> Transitions:
+        """Step every device's state machine on its alarm (m,) at event time ts (m,). `before` (m,): the
+        surprise against the normal of before the episode of a device whose alarm is the live one (NaN:
+        none, see `Calibrated.before`); a close while it would still open an episode is labelled
+        `accepted_new_normal`: the live normal has taken the regime in, the device is not back."""
         cfg = self.config
         cols = store.cols
         state = cols["alert_state"][slots]
@@ -140,7 +156,9 @@ class AlertPolicy:
         opens = (state == IDLE) & confirmed & (ts >= cols["alert_cooldown_until"][slots])
         firing = state == FIRING
         recovers = firing & (below >= cfg.resolve_after)
-        accepts = firing & ~recovers & (ts - started >= cfg.max_episode_s)
+        if before is not None:
+            recovers &= ~(before >= cfg.open_threshold)  # NaN compares False: a recovery stays one
+        accepts = firing & ~recovers & ((ts - started >= cfg.max_episode_s) | (below >= cfg.resolve_after))
         closes = recovers | accepts
         new_state = np.where(opens, FIRING, np.where(closes, IDLE, state)).astype(np.int8)
 

@@ -25,12 +25,13 @@ its resolution) far into the tail.
   alert policy decides "abnormal now" on) is the same live surprise while the device has no held
   normal; while its episode is open the pipeline has it *hold* the distributions of the state
   signals (`STATE_SIGNALS`: those that measure where the device is, not how it changed) as they
-  were just before the episode opened (`hold`), and the alarm is their surprise against that held
-  normal, so a persistent fault keeps alarming however much the live distributions have learned it.
-  `release` ends the hold; on `recovered` the pipeline first rolls the live distributions of those
-  signals back to the held ones (the device is back to the normal of before; what they learned of
-  the fault would only blunt the next one). Surprise is capped at `z_max` sigma for ranking (a
-  baseline that never varied makes every later value "infinitely" surprising).
+  were just before the episode opened (`hold`). On a device *locked* to that held normal (it was
+  mature when the episode opened) the alarm is their surprise against it, so a persistent fault keeps
+  alarming however much the live distributions have learned it; on a younger one the alarm stays
+  live and the held surprise is reported beside it (`Calibrated.before`), to label the close (see
+  `alert_policy`). `release` ends the hold; the live distributions are not rolled back (see
+  docs/ARCHITECTURE.md). Surprise is capped at `z_max` sigma for ranking (a baseline that never
+  varied makes every later value "infinitely" surprising).
 - Out-of-range lift (score only): a reading the pipeline finds outside its device's running range
   (`evidence.range_excess_and_update`) scores at least `range_lift` at once, whatever its calibrated
   surprise, and the peak memory learns that lifted score.
@@ -125,6 +126,8 @@ class Calibrated:
     signal: np.ndarray  # (m,) int, the signal that gave the alarm its value
     remembered: np.ndarray  # (m,) what the peak memory learns: the ranked surprise, or the lifted score
     fired: np.ndarray  # (m,) bool: the score fires (>= FIRE_LEVEL, not a repeat inside the refractory)
+    before: np.ndarray  # (m,) the surprise against the held normal of a device that holds one without being
+    # locked to it (its episode opened before maturity), NaN elsewhere: what labels its episode's close
 
 
 class Calibrator:
@@ -140,21 +143,25 @@ class Calibrator:
 
     @staticmethod
     def holding(store: StateStore, slots: np.ndarray) -> np.ndarray:
-        """Whether each device holds a normal (its episode is open and it was mature when it opened):
-        (m,) -> (m,) bool."""
+        """Whether each device holds a normal (its episode is open; its alarm measures against it only if
+        it was mature when the episode opened, see `pipeline`): (m,) -> (m,) bool."""
         return np.isfinite(store.cols["cal_held_std"][slots]).any(axis=1)
 
     def score(self, store: StateStore, slots: np.ndarray, live: np.ndarray, held: np.ndarray,
-              out_of_range: np.ndarray | None = None) -> Calibrated:
+              out_of_range: np.ndarray | None = None, locked: np.ndarray | None = None) -> Calibrated:
         """Score, learning nothing: slots (m,), evidence against the live normal `live` (m, SIGNALS) and
         against the held one `held` (m, SIGNALS; only its STATE_SIGNALS columns are read, and only for
         devices holding a normal), each float >= 0 or NaN; `out_of_range` (m,) bool: the reading lies
-        outside its device's running range (see `evidence.range_excess_and_update`).
+        outside its device's running range (see `evidence.range_excess_and_update`); `locked` (m,) bool:
+        the device's episode is locked to its held normal (it opened past maturity; None: every holding
+        device is).
 
         Each signal is calibrated against its own distribution; the live alarm is the most surprising
         one, the score the same damped unless it beats the device's decayed recent peak, then lifted
         to at least `range_lift` where out of range (the peak remembers the lifted score, so the
-        readings after it are damped as after any onset). The alarm is not lifted.
+        readings after it are damped as after any onset). The alarm is not lifted. A locked device's
+        alarm is its surprise against the held normal; a device that holds without being locked keeps
+        the live alarm and reports the held surprise beside it (`Calibrated.before`).
         """
         cfg = self.config
         cols = store.cols
@@ -176,14 +183,20 @@ class Calibrator:
         scores, fired = self._refractory(store, slots, scores)
 
         holding = self.holding(store, slots)
+        locked = holding if locked is None else locked & holding
         alarm, winner = live_alarm.copy(), signal.copy()
+        before = np.full(len(slots), np.nan)
         if holding.any():
             h_std = cols["cal_held_std"][slots[holding]].astype(np.float64)  # (h, K)
             h_mean = cols["cal_held_mean"][slots[holding]].astype(np.float64)  # (h, K)
             k, held_alarm = self._most_surprising(self._z(held[holding][:, _STATE], h_mean,
                                                           np.maximum(h_std, cfg.min_std), np.isfinite(h_std)))
-            alarm[holding], winner[holding] = held_alarm, _STATE[k]
-        return Calibrated(alarm, scores, winner, remembered, fired)
+            before[holding] = held_alarm
+            lock = locked[holding]
+            alarm[holding] = np.where(lock, held_alarm, alarm[holding])
+            winner[holding] = np.where(lock, _STATE[k], winner[holding])
+            before[locked] = np.nan
+        return Calibrated(alarm, scores, winner, remembered, fired, before)
 
     def _refractory(self, store: StateStore, slots: np.ndarray, scores: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:

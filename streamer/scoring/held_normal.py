@@ -1,10 +1,11 @@
 """The held normal: the device's normal of before its open episode, what the episode's alarm measures.
 
-When an episode opens on a mature device, the pipeline keeps each row's normaliser mean and spread as
-they were just before the opening reading (`hold_rows`; the calibration of the state signals is held by
+When an episode opens, the pipeline keeps each row's normaliser mean and spread as they were just before
+the opening reading (`hold_rows`; the calibration of the state signals is held by
 `calibration.Calibrator.hold`). While it is held, every reading is also measured against it: its z
-(`held_z`) and the per-channel evidence of the state signals (`held_evidence`), so a fault that
-persists keeps alarming however much the live normal learns it. See `alert_policy` for when a hold
+(`held_z`) and the per-channel evidence of the state signals (`held_evidence`). On a device that was
+mature when the episode opened that is the alarm, so a fault that persists keeps alarming however much
+the live normal learns it; on a younger one it only labels the close. See `alert_policy` for when a hold
 ends.
 
 Shapes: r rows of one wave; `rows_of` is the store's per-row state (`StateStore.rows`).

@@ -98,7 +98,7 @@ class _Wave:
     idx: np.ndarray  # (m,) positions in the batch
     slots: np.ndarray  # (m,) device slots
     ts: np.ndarray  # (m,) event time
-    mature: np.ndarray  # (m,) bool, the device has learned its normal for mature_s: an episode may hold it
+    locked: np.ndarray  # (m,) bool, the device's open episode opened past maturity: its alarm is the held one
     layout: _Rows
     table: np.ndarray  # (r, len(PER_CHANNEL)) float64 per-channel evidence (NaN: none yet)
     above: np.ndarray  # (r,) bool, the value is above its forecast / its normal
@@ -200,12 +200,13 @@ class ScoringPipeline:
     # ---- steps of score() -----------------------------------------------------------------------
     def _calibrate_and_decide(self, wave: _Wave) -> tuple[Calibrated, Transitions]:
         """Score the wave's evidence, step the alert policy on the alarms, hold the normal of devices
-        that opened an episode past maturity (before this reading is learned), let the live
-        distributions learn it, and end the hold of episodes that closed."""
+        that opened an episode (before this reading is learned), let the live distributions learn it,
+        and end the hold of episodes that closed."""
         out_of_range = wave.excess > self.config.range_margin  # (m,) bool
-        cal = self.calibrator.score(self.store, wave.slots, wave.evidence, wave.held, out_of_range)
-        transitions = self.policy.update(self.store, wave.slots, cal.alarm, wave.ts)
-        self._hold_normal(wave, transitions.opened[wave.mature[transitions.opened]])
+        cal = self.calibrator.score(self.store, wave.slots, wave.evidence, wave.held, out_of_range,
+                                    wave.locked)
+        transitions = self.policy.update(self.store, wave.slots, cal.alarm, wave.ts, cal.before)
+        self._hold_normal(wave, transitions.opened)
         self.calibrator.learn(self.store, wave.slots, wave.evidence, cal)
         self.calibrator.release(self.store, wave.slots[np.r_[transitions.recovered, transitions.accepted]])
         return cal, transitions
@@ -233,9 +234,9 @@ class ScoringPipeline:
             return None
         idx, slots, ts, dt = admitted
         layout = self._layout(slots)
-        mature = ~self._immature(slots, ts)  # (m,)
-        holding = torch.from_numpy(self.calibrator.holding(self.store, slots)[layout.owner]
-                                   ).to(self.device)  # (r,) bool, the device's episode holds its normal
+        holding_m = self.calibrator.holding(self.store, slots)  # (m,) bool, its episode holds its normal
+        locked = holding_m & self._locked(slots, ts)  # (m,) and measures its alarm against it
+        holding = torch.from_numpy(holding_m[layout.owner]).to(self.device)  # (r,)
         x = torch.from_numpy(batch.values[idx[layout.owner], layout.chan]).to(self.device)  # (r,)
         z, std, prior, count = self._normalise(x, layout.rows)
         held_normal = held_statistics(self.store.rows, layout.rows, self.normaliser) \
@@ -248,14 +249,15 @@ class ScoringPipeline:
         seen = count > self.normaliser.settle  # (r,) the normaliser had settled: z means something
         excess = self._range(z, seen, count, std, prior[0], layout)
         firing = torch.from_numpy(AlertPolicy.firing(self.store, slots)[layout.owner]).to(self.device)  # (r,)
-        table, device_level = self._evidence(x, z, z_held, std, resid, first, seen, firing, layout, slots,
+        z_rel = torch.where(torch.from_numpy(locked[layout.owner]).to(self.device), z_held, z)  # (r,)
+        table, device_level = self._evidence(x, z, z_rel, std, resid, first, seen, firing, layout, slots,
                                              ts, dt)
         held_table = held_evidence(z_held, first, seen, holding, table, prior, std, self.store.rows,
                                    layout.rows, held_normal)
         evidence, held = (_per_device(t, device_level, layout.starts) for t in (table, held_table))
         above = torch.where(first, z, resid).cpu().numpy() > 0
         runs = repeat_evidence(self.store.rows["repeat_run"][layout.rows].cpu().numpy())
-        return _Wave(idx, slots, ts, mature, layout, table, above, evidence, held, prior, excess, runs)
+        return _Wave(idx, slots, ts, locked, layout, table, above, evidence, held, prior, excess, runs)
 
     def _range(self, z: torch.Tensor, seen: torch.Tensor, count: torch.Tensor, std: torch.Tensor,
                mean: torch.Tensor, layout: _Rows) -> np.ndarray:
@@ -273,14 +275,16 @@ class ScoringPipeline:
         per_row = excess.to("cpu", torch.float64).numpy()
         return np.maximum.reduceat(per_row, layout.starts)
 
-    def _immature(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Devices that have learned their normal for less than `mature_s` of event time (m,) bool: an
-        episode they open does not hold their normal (its alarm stays the live one), so a baseline that
-        has not seen a whole cycle cannot lock."""
+    def _locked(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Devices whose open episode opened after they had learned their normal for `mature_s` of event
+        time (m,) bool (meaningful where an episode is open): its alarm is measured against the held
+        normal. A younger device's episode holds its normal only to label the close (`alert_policy`), so a
+        baseline that has not seen a whole cycle cannot lock. Stamps the time a device began learning."""
         since = self.store.cols["learn_since"]
         fresh = np.isnan(since[slots])
         since[slots[fresh]] = ts[fresh]
-        return ts - since[slots].astype(np.float64) < self.config.mature_s
+        started = self.store.cols["alert_started_at"][slots]
+        return started - since[slots].astype(np.float64) >= self.config.mature_s
 
     def _admit(self, batch: ReadingBatch, idx: np.ndarray, slots: np.ndarray, status: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
@@ -346,15 +350,16 @@ class ScoringPipeline:
         rows_of["pred"][rows] = pred
         return resid
 
-    def _evidence(self, x: torch.Tensor, z: torch.Tensor, z_held: torch.Tensor, std: torch.Tensor,
+    def _evidence(self, x: torch.Tensor, z: torch.Tensor, z_rel: torch.Tensor, std: torch.Tensor,
                   resid: torch.Tensor, first: torch.Tensor, seen: torch.Tensor, firing: torch.Tensor,
                   layout: _Rows, slots: np.ndarray, ts: np.ndarray, dt: np.ndarray
                   ) -> tuple[np.ndarray, dict[Signal, np.ndarray]]:
         """The per-channel evidence table (r, len(PER_CHANNEL)) float64, squared, NaN where not available,
         and the device-level signals {Signal: (m,)}; updates the evidence state of the rows. Everything
-        follows the live normal except the relation: its covariance does not learn while the device's
-        episode is open (`firing` (r,): with a held normal, where it measures the held z, or without one,
-        on a device too young to hold: either way the fault is not taught as how the channels relate)."""
+        follows the live normal except the relation, fed `z_rel` (r,): the held z where the device's
+        episode is locked to its held normal, the live z elsewhere; its covariance does not learn while the
+        device's episode is open (`firing` (r,), locked or not: the fault is not taught as how the
+        channels relate)."""
         rows_of, rows = self.store.rows, layout.rows
         count = rows_of["norm_count"][rows]  # (r,) values each row's normaliser has learned
         run = repeat_runs(x, rows_of["last_value"], rows_of["repeat_run"], rows, count > 1, layout.starts)
@@ -374,7 +379,7 @@ class ScoringPipeline:
         stacked = torch.stack([resid_c * std / scale, bias * std / scale, dev, day, level], 1)
         per_row = stacked.to("cpu", torch.float64).numpy()
         per_row *= per_row  # (r, 5)
-        r2, joint = self._relation(z_held.clamp(-Z_CLIP, Z_CLIP), seen & ~firing, layout, count, slots)
+        r2, joint = self._relation(z_rel.clamp(-Z_CLIP, Z_CLIP), seen & ~firing, layout, count, slots)
         rel = relation.level_and_update(r2, rows_of["rel_level"], rows, beta)  # (r,) its short-term level
         table = np.column_stack([per_row, vol.to("cpu", torch.float64).numpy(), rel])  # (r, 7)
         return table, {Signal.REPEAT: repeat_evidence(run), Signal.JOINT: joint}

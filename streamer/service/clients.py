@@ -47,7 +47,8 @@ def make_consumer(settings: Settings, **overrides: Any) -> Any:
                 "session.timeout.ms": session, "heartbeat.interval.ms": max(session // 3, 100),
                 "partition.assignment.strategy": "range",
                 "max.partition.fetch.bytes": FETCH_PARTITION_BYTES, "fetch.max.bytes": FETCH_BYTES,
-                "fetch.wait.max.ms": settings.fetch_max_wait_ms, "logger": _librdkafka_logger(), "error_cb": log_client_error,
+                "fetch.wait.max.ms": settings.fetch_max_wait_ms, "logger": _librdkafka_logger(),
+                "error_cb": log_client_error,
                 **overrides}))
     from kafka import KafkaConsumer
 

@@ -8,7 +8,9 @@
   first affected reading to one period after its last, so a one-reading spike is covered when its own
   reading alerts), averaged over the faults and per fault kind;
 - *false alerts per fault-free device-day*: firings on devices without a fault, per device and day of
-  the whole stream (history included).
+  the whole stream (history included);
+- *recovered during a fault*: `resolved` events with reason `recovered` while one of the device's faults
+  is still going on (the alert says "back to normal" while it is not), per fault.
 
 `rnnwatch evaluate fleet --seeds 11,0,1 [--history-steps 1440]` replays simulated fleets (`simulate`)
 through the daemon's pipeline, without Kafka (the daemon's fleet test checks that the daemon alerts
@@ -86,6 +88,9 @@ def alert_quality(fleet: Fleet, alerts: Sequence[Alert], grace_steps: int = 10) 
     unexplained = sum(1 for device, ts in firing.items() if device not in free for t in ts
                       if (device, t) not in explained)
     n_faults = max(len(fleet.faults), 1)
+    false_recoveries = sum(1 for a in alerts if a["state"] == "resolved" and a.get("reason") == "recovered"
+                           and any(f.device_id == a["device_id"] and f.start_ts <= a["ts"] <= f.end_ts
+                                   for f in fleet.faults))
     return {
         "faults": len(fleet.faults),
         "recall": detected / n_faults,
@@ -98,6 +103,7 @@ def alert_quality(fleet: Fleet, alerts: Sequence[Alert], grace_steps: int = 10) 
         "fault_free_devices": len(free),
         "false_alerts_per_fault_free_device_day": false_free / max(len(free) * days, 1e-9),
         "unexplained_alerts_on_faulty_devices": unexplained,
+        "recovered_during_fault_per_fault": false_recoveries / n_faults,
         "alerts": len(alerts),
     }
 
@@ -114,11 +120,13 @@ def replay_alerts(fleet: Fleet, pipeline: Any, chunk: int = 20_000) -> list[dict
     decoder, events = ReadingDecoder(), []
     for start in range(0, len(records), chunk):
         events += pipeline.score(decoder.decode(records[start:start + chunk]).batch).events
-    return [{"alert_id": e.alert_id, "device_id": e.device_id, "state": e.state, "ts": e.ts} for e in events]
+    return [{"alert_id": e.alert_id, "device_id": e.device_id, "state": e.state, "ts": e.ts,
+             "reason": e.reason} for e in events]
 
 
 # ---- rnnwatch evaluate fleet ---------------------------------------------------------------------------
-_MEANS = ("recall", "episodes_per_fault", "fault_duration_covered", "false_alerts_per_fault_free_device_day")
+_MEANS = ("recall", "episodes_per_fault", "fault_duration_covered", "false_alerts_per_fault_free_device_day",
+          "recovered_during_fault_per_fault")
 
 
 def register(bench: argparse._SubParsersAction) -> None:
@@ -158,7 +166,8 @@ def run_fleet(args: argparse.Namespace) -> int:
               f"{quality['episodes_per_fault']:.3f} episodes/fault, "
               f"covered {quality['fault_duration_covered']:.3f} ({kinds}), "
               f"{quality['false_alerts_per_fault_free_device_day']:.3f} false alerts per fault-free "
-              "device-day")
+              f"device-day, {quality['recovered_during_fault_per_fault']:.3f} 'recovered' during a fault per "
+              "fault")
     mean = {k: float(np.mean([q[k] for q in per_seed.values()])) for k in _MEANS}
     print("mean over seeds: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
           + f" ({time.monotonic() - started:.1f} s; history {args.history_steps} readings per device)")

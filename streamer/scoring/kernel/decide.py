@@ -77,9 +77,10 @@ def held_surprise(slot: int, held: np.ndarray, s: Slab, p: Params) -> tuple[int,
 
 
 @jit
-def calibrate(slot: int, live: np.ndarray, held: np.ndarray, holding: bool, out_of_range: bool, s: Slab,
-              p: Params) -> tuple[float, float, int, float, bool]:
-    """(score, alarm, winning signal, what the peak memory learns, whether the score fires) of one device's
+def calibrate(slot: int, live: np.ndarray, held: np.ndarray, holding: bool, locked: bool, out_of_range: bool,
+              s: Slab, p: Params) -> tuple[float, float, int, float, bool, float]:
+    """(score, alarm, winning signal, what the peak memory learns, whether the score fires, the surprise
+    against the held normal of a device holding it without being locked to it, else NaN) of one device's
     evidence (SIGNALS,)."""
     winner, alarm, ranked, any_ready = live_surprise(slot, live, s, p)
     peak = float(s.cal_peak[slot]) * p.peak_decay
@@ -93,14 +94,20 @@ def calibrate(slot: int, live: np.ndarray, held: np.ndarray, holding: bool, out_
         since = int(s.cal_since[slot]) + 1
         fired = not (since <= p.refractory and score <= float(to_float(s.cal_fired[slot])) * p.refire)
         score = score if fired else min(score, REPEAT_SCORE)
+    before = math.nan
     if holding:
-        winner, alarm = held_surprise(slot, held, s, p)
-    return score, alarm, winner, remembered, fired
+        held_winner, held_alarm = held_surprise(slot, held, s, p)
+        if locked:
+            winner, alarm = held_winner, held_alarm
+        else:
+            before = held_alarm
+    return score, alarm, winner, remembered, fired, before
 
 
 @jit
-def policy(slot: int, alarm: float, ts: float, s: Slab, p: Params) -> int:
-    """Step the device's alert state machine on its alarm; returns the transition code."""
+def policy(slot: int, alarm: float, before: float, ts: float, s: Slab, p: Params) -> int:
+    """Step the device's alert state machine on its alarm (and the surprise against the normal of
+    before of a device not locked to it, NaN otherwise); returns the transition code."""
     state = s.alert_state[slot]
     hits = ((int(s.alert_hits[slot]) << 1) | (1 if alarm >= p.open_threshold else 0)) & p.confirm_mask
     confirmed = bin_count(hits) >= p.confirm_m
@@ -109,8 +116,9 @@ def policy(slot: int, alarm: float, ts: float, s: Slab, p: Params) -> int:
     below = min(int(s.alert_below[slot]) + 1, _BELOW_MAX) if hold < p.close_threshold else 0
     started = s.alert_started_at[slot]
     opens = state == IDLE and confirmed and ts >= s.alert_cooldown_until[slot]
-    recovers = state == FIRING and below >= p.resolve_after
-    accepts = state == FIRING and not recovers and ts - started >= p.max_episode_s
+    closes = state == FIRING and below >= p.resolve_after
+    recovers = closes and not before >= p.open_threshold  # NaN compares False: a recovery stays one
+    accepts = state == FIRING and not recovers and (ts - started >= p.max_episode_s or closes)
     new_state = FIRING if opens else (IDLE if recovers or accepts else state)
     s.alert_state[slot] = new_state
     s.alert_hits[slot] = 0 if opens else hits

@@ -36,6 +36,7 @@ from streamer.scoring.kernel.rows import (
     SEEN,
     STD,
     ZH,
+    Z,
     channel,
     clip,
 )
@@ -87,9 +88,9 @@ def scratch(c_max: int, wt: Weights) -> Scratch:
 
 
 @jit
-def admit(slot: int, ts: float, offset: int, s: Slab, p: Params) -> tuple[float, bool, bool]:
-    """Event time, offset and gap reset (`pipeline._admit`), and maturity (`pipeline._immature`):
-    (seconds since the previous reading, first step of the recurrent state, mature)."""
+def admit(slot: int, ts: float, offset: int, s: Slab, p: Params) -> tuple[float, bool]:
+    """Event time, offset and gap reset (`pipeline._admit`), and the time the device began learning
+    (`pipeline._locked`): (seconds since the previous reading, first step of the recurrent state)."""
     last = s.last_ts[slot]
     s.last_ts[slot] = ts
     s.source_offset[slot] = max(s.source_offset[slot], offset)
@@ -100,8 +101,7 @@ def admit(slot: int, ts: float, offset: int, s: Slab, p: Params) -> tuple[float,
         s.steps[slot] = 0
     if math.isnan(s.learn_since[slot]):
         s.learn_since[slot] = ts
-    mature = not ts - float(s.learn_since[slot]) < p.mature_s
-    return ts - last, s.steps[slot] == 0, mature
+    return ts - last, s.steps[slot] == 0
 
 
 @jit
@@ -112,13 +112,15 @@ def day_rate(dt: float, p: Params) -> np.float32:
 
 
 @jit
-def relate(slot: int, c: int, firing: bool, s: Slab, p: Params, sc: Scratch) -> float:
-    """The relation column of the table (NaN for one channel) and the joint distance (returned)."""
+def relate(slot: int, c: int, firing: bool, locked: bool, s: Slab, p: Params, sc: Scratch) -> float:
+    """The relation column of the table (NaN for one channel) and the joint distance (returned); it
+    measures the held z of a device locked to its held normal, the live z otherwise."""
     if c < 2:
         sc.table[:c, 6] = math.nan
         return math.nan
+    source = ZH if locked else Z
     for k in range(c):
-        sc.u[k] = clip(sc.w[ZH, k], Z_CLIP)
+        sc.u[k] = clip(sc.w[source, k], Z_CLIP)
     learned = max(float(f32(f32(f32(sc.w[COUNT, 0]) - f32(p.settle)) - f32(1.0))), 0.0)
     learn_it = sc.w[SEEN, 0] > 0 and not firing
     d2 = relation(s.relation, s.relation_start[slot], sc.u, c, learned, learn_it, p.norm_alpha, sc.r2,
@@ -183,10 +185,11 @@ def reading(slot: int, i: int, ts: float, x: np.ndarray, offset: int, s: Slab, p
             sc: Scratch, out: Out) -> None:
     """Score reading i (values x (C,)) of the device in `slot` and step its state, as one wave would."""
     c, r0 = int(s.n_channels[slot]), int(s.row_start[slot])
-    dt, first, mature = admit(slot, ts, offset, s, p)
+    dt, first = admit(slot, ts, offset, s, p)
     holding = False
     for k in range(s.cal_held_std.shape[1]):
         holding = holding or np.isfinite(to_float(s.cal_held_std[slot, k]))
+    locked = holding and s.alert_started_at[slot] - float(s.learn_since[slot]) >= p.mature_s
     firing = s.alert_state[slot] == FIRING
     rate = day_rate(dt, p)
     day_bin = int(np.floor(np.mod(ts, DAY_S) / _BIN_S)) % DAY_BINS
@@ -195,15 +198,15 @@ def reading(slot: int, i: int, ts: float, x: np.ndarray, offset: int, s: Slab, p
         e, q = channel(r0 + k, k, x[k], first, holding, rate, day_bin, s, p, wt, sc.w, sc.table, sc.h, sc.g)
         excess, run = max(excess, e), max(run, q)
     s.steps[slot] = min(int(s.steps[slot]) + 1, _STEPS_MAX)
-    joint = relate(slot, c, firing, s, p, sc)
+    joint = relate(slot, c, firing, locked, s, p, sc)
     per_device(sc.table, c, run, joint, sc.live_dev)
     if holding:
         held_table(r0, c, first, s, sc)
         per_device(sc.held, c, run, joint, sc.held_dev)
-    score, alarm, winner, remembered, fired = decide.calibrate(slot, sc.live_dev, sc.held_dev, holding,
-                                                               excess > p.range_margin, s, p)
-    code = decide.policy(slot, alarm, ts, s, p)
-    if code == decide.OPENED and mature:
+    score, alarm, winner, remembered, fired, before = decide.calibrate(
+        slot, sc.live_dev, sc.held_dev, holding, locked, excess > p.range_margin, s, p)
+    code = decide.policy(slot, alarm, before, ts, s, p)
+    if code == decide.OPENED:
         hold_rows(r0, c, s, sc)
         decide.hold(slot, s, p)
     decide.learn(slot, sc.live_dev, remembered, score, fired, s, p)
